@@ -1,0 +1,144 @@
+"""Process-level helpers shared by every entry point: device choice, seeding, atomic file writes,
+RNG state capture, and checkpoint files that survive a crash.
+
+Nothing here knows about a particular model; ``train.py``, ``train_ag.py``, ``infer.py`` and the
+scripts all use the same few functions so that "device", "seed" and "checkpoint" mean one thing.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "atomic_path",
+    "atomic_save",
+    "capture_rng_state",
+    "restore_rng_state",
+    "find_resume_checkpoint",
+    "unwrap_model",
+]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn a config value (``auto``, ``cpu``, ``cuda``, ``cuda:1``) into a :class:`torch.device`.
+
+    ``auto`` picks CUDA when available, else CPU. Asking for CUDA on a machine without it raises a
+    ``ValueError`` that says so (rather than failing later inside a kernel).
+    """
+    if isinstance(name, torch.device):
+        return name
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} requested but CUDA is not available on this machine; "
+                             "use device=cpu or device=auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be one of {DEVICE_CHOICES} (or cuda:N), got {name!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    The file appears complete or not at all: on an exception the temporary file is removed and
+    ``path`` is left as it was. The parent directory is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of Python, NumPy, torch CPU and (if present) CUDA, for exact resume."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(_as_python_rng_state(state["python"]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]])
+
+
+def _as_python_rng_state(state: Any) -> tuple:
+    # After a round trip through torch.save the inner tuple may come back as a list.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def find_resume_checkpoint(resume: Optional[str], checkpoint_dir: str | os.PathLike,
+                           name: str = "last.pt") -> Optional[Path]:
+    """Resolve a ``resume=`` config value.
+
+    Args:
+        resume: ``None``/empty (start fresh), ``auto`` (``checkpoint_dir/name`` if it exists, else
+            start fresh) or an explicit checkpoint path (must exist).
+        checkpoint_dir: where this run writes its checkpoints.
+        name: file name of the most recent checkpoint.
+    """
+    if resume in (None, "", "none", "null", False):
+        return None
+    if str(resume) == "auto":
+        candidate = Path(checkpoint_dir) / name
+        return candidate if candidate.is_file() else None
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume!r}: no checkpoint file at {path}")
+    return path
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DistributedDataParallel / ``torch.compile`` wrappers before saving a state dict."""
+    while True:
+        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
