@@ -240,11 +240,11 @@ ASSETS: dict[str, AssetSpec] = {
             url="https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth",
             sha256="619a316812", in_torch_hub=True, check=_check_torch_weights),
         AssetSpec(
-            "face_landmarker", "2DFAN4-cd938726ad.zip",
-            "face-alignment's 2D-FAN-4 landmark network",
+            "face_landmarker", "2DFAN4-11f355bf06.pth.tar",
+            "face-alignment's 2D-FAN-4 landmark network (TorchScript archive)",
             "face-alignment downloads it on first use, or run scripts/fetch_assets.py",
-            url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-cd938726ad.zip",
-            sha256="cd938726ad", in_torch_hub=True, check=_check_zip),
+            url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
+            sha256="11f355bf06", in_torch_hub=True, check=_check_zip),
     ]
 }
 
