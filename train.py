@@ -1,5 +1,21 @@
-"""Entry point for EDTN training (not implemented yet; see issue 4)."""
-import sys
+"""Train EDTN (DECA expression -> 17 anime morphs).
+
+    python train.py experiment=paper data.train=data/vox/packed/train data.test=data/vox/packed/test
+    torchrun --nproc_per_node=4 train.py experiment=paper ...
+
+All settings: configs/train.yaml and configs/edtn/*; the loop: edtn/train_loop.py.
+"""
+import hydra
+from omegaconf import DictConfig
+
+import edtn.config  # noqa: F401  (registers the typed schema before Hydra composes)
+from edtn.train_loop import run
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)["best_val"]
+
 
 if __name__ == "__main__":
-    sys.exit("train.py: EDTN training is not implemented yet (tracked in issue 4).")
+    main()

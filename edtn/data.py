@@ -1,0 +1,380 @@
+"""DECA-code datasets for EDTN training: per frame, the EDTN input (53,) and the cached real-side
+loss targets (D,).
+
+Sources (both give the same :class:`CodeSource`):
+
+* a packed code file pair ``<prefix>.npy`` / ``<prefix>.json`` (``scripts/pack_deca_codes.py``,
+  read with :class:`deca_edit.codes.PackedCodes`) — what training uses;
+* a folder of DECA ``.mat`` files: ``<root>/deca/train`` with one sub-folder per video
+  (``<video>.mp4/NNNNNNN.mat``), or a flat folder of frames (one video named after the folder).
+
+The split is by video: ``data.train`` / ``data.test`` name two sources, or one source plus
+``train_list`` / ``test_list`` text files select videos. :class:`VideoFrameSampler` draws every
+frame or ``k`` random frames per video each epoch, shuffled from ``(seed, epoch)`` only, and
+shards the order across DDP ranks the way ``DistributedSampler`` does, so a resumed run sees
+exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deca_edit.codes import (PackedCodes, code156, edtn_input_from_code156, find_code_videos,
+                             read_code_mat)
+
+__all__ = [
+    "EDTN_INPUT_DIM",
+    "Video",
+    "CodeSource",
+    "open_code_source",
+    "read_video_list",
+    "select_videos",
+    "CodeFrames",
+    "VideoFrameSampler",
+    "collate_batch",
+    "build_loader",
+]
+
+EDTN_INPUT_DIM = 53          # DECA exp (50) + jaw axis-angle (3)
+MAT_SUFFIX = ".mat"
+PACKED_SUFFIXES = (".npy", ".json")
+CHUNK_ROWS = 65536           # rows converted / validated at a time from a memmap
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video's frames inside a :class:`CodeSource`: rows ``start .. start+count-1``."""
+
+    name: str
+    start: int
+    count: int
+    frames: tuple[str, ...] = ()
+
+
+@dataclass
+class CodeSource:
+    """All frames of one code file / folder.
+
+    Attributes:
+        path: the packed prefix or the ``.mat`` folder (used in error messages and cache names).
+        inputs: (N, 53) float32 EDTN inputs, rows grouped by video.
+        videos: the videos, in row order.
+        packed: the :class:`PackedCodes` reader when the source is a packed file, else ``None``.
+    """
+
+    path: Path
+    inputs: np.ndarray
+    videos: list[Video]
+    packed: Any = None
+
+    def locate(self, row: int) -> str:
+        """Human-readable ``video 'x' frame 'stem' (row r)`` for a global row index."""
+        for video in self.videos:
+            if video.start <= row < video.start + video.count:
+                k = row - video.start
+                frame = video.frames[k] if len(video.frames) > k else str(k)
+                return f"video {video.name!r} frame {frame!r} (row {row})"
+        return f"row {row}"
+
+
+def _packed_prefix(path: Path) -> Optional[Path]:
+    """``<prefix>`` if ``path`` names a packed pair (with or without its suffix), else None."""
+    prefix = path.with_suffix("") if path.suffix in PACKED_SUFFIXES else path
+    if all(Path(f"{prefix}{s}").is_file() for s in PACKED_SUFFIXES):
+        return prefix
+    return None
+
+
+def _field(item: Any, key: str) -> Any:
+    return item[key] if isinstance(item, dict) else getattr(item, key)
+
+
+def _validate_rows(inputs: np.ndarray, source: CodeSource) -> None:
+    """Raise ``ValueError`` naming the file and the video/frame of the first non-finite row."""
+    for lo in range(0, len(inputs), CHUNK_ROWS):
+        bad = ~np.isfinite(inputs[lo:lo + CHUNK_ROWS]).all(axis=1)
+        if bad.any():
+            row = lo + int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{source.path}: non-finite (NaN/Inf) DECA code in "
+                             f"{source.locate(row)}")
+
+
+def _open_packed(prefix: Path) -> CodeSource:
+    packed = PackedCodes(prefix)
+    code = packed.code156
+    if code.ndim != 2 or code.shape[1] != 156:
+        raise ValueError(f"{prefix}: packed codes give code156 of shape {tuple(code.shape)}, "
+                         "expected (N, 156)")
+    inputs = np.empty((len(code), EDTN_INPUT_DIM), dtype=np.float32)
+    for lo in range(0, len(code), CHUNK_ROWS):
+        inputs[lo:lo + CHUNK_ROWS] = edtn_input_from_code156(np.asarray(code[lo:lo + CHUNK_ROWS]))
+    videos = [Video(str(_field(v, "name")), int(_field(v, "start")), int(_field(v, "count")),
+                    tuple(_field(v, "frames"))) for v in packed.videos]
+    source = CodeSource(prefix, inputs, videos, packed=packed)
+    total = sum(v.count for v in videos)
+    if total != len(inputs):
+        raise ValueError(f"{prefix}: index lists {total} frames but the array has {len(inputs)} rows")
+    _validate_rows(inputs, source)
+    return source
+
+
+def _open_mat_folder(root: Path, progress: bool) -> CodeSource:
+    from tqdm import tqdm
+
+    groups = find_code_videos(root)
+    if not groups:
+        raise ValueError(f"{root}: no {MAT_SUFFIX} files (flat) and no video sub-folders holding them")
+    n_total = sum(len(files) for _, files in groups)
+    inputs = np.empty((n_total, EDTN_INPUT_DIM), dtype=np.float32)
+    videos, row = [], 0
+    with tqdm(total=n_total, desc=f"reading {root.name}", unit="frame", disable=not progress) as bar:
+        for name, files in groups:
+            videos.append(Video(name, row, len(files), tuple(f.stem for f in files)))
+            for file in files:
+                # read_code_mat raises CodeFileError naming the file (corrupt, NaN, wrong shape).
+                inputs[row] = edtn_input_from_code156(code156(read_code_mat(file)))
+                row += 1
+                bar.update()
+    return CodeSource(root, inputs, videos)
+
+
+def open_code_source(path: Union[str, os.PathLike], progress: bool = False) -> CodeSource:
+    """Open a packed prefix (``x`` for ``x.npy`` + ``x.json``) or a folder of ``.mat`` files.
+
+    Every frame is checked: a NaN/Inf or wrongly shaped code raises ``ValueError``
+    (``deca_edit.codes.CodeFileError`` for ``.mat`` files) naming the file and, for packed data,
+    the video and frame.
+    """
+    path = Path(path).expanduser()
+    prefix = _packed_prefix(path)
+    if prefix is not None:
+        return _open_packed(prefix)
+    if path.is_dir():
+        return _open_mat_folder(path, progress)
+    raise FileNotFoundError(f"DECA codes not found at {path}: expected a packed pair "
+                            f"{path}.npy + {path}.json (scripts/pack_deca_codes.py) or a folder "
+                            f"of {MAT_SUFFIX} files")
+
+
+def read_video_list(path: Union[str, os.PathLike]) -> list[str]:
+    """Video names from a text file, one a line (blank lines and ``#`` comments ignored)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"video list {path} does not exist")
+    names = [line.strip() for line in path.read_text().splitlines()]
+    return [n for n in names if n and not n.startswith("#")]
+
+
+def select_videos(source: CodeSource, names: Optional[Sequence[str]], list_path: str = "") -> list[Video]:
+    """The videos of ``source`` named in ``names`` (all when ``None``), in the source's order.
+
+    A ``.mp4`` suffix is ignored when matching. Raises ``ValueError`` listing names that are not
+    in the source (a typo in a list file must not silently shrink the split).
+    """
+    if names is None:
+        return list(source.videos)
+
+    def key(name: str) -> str:
+        return name[:-4] if name.endswith(".mp4") else name
+
+    wanted = {key(n) for n in names}
+    chosen = [v for v in source.videos if key(v.name) in wanted]
+    missing = wanted - {key(v.name) for v in chosen}
+    if missing:
+        some = ", ".join(sorted(missing)[:5])
+        raise ValueError(f"{list_path or 'video list'}: {len(missing)} video(s) not in "
+                         f"{source.path}: {some}{' ...' if len(missing) > 5 else ''}")
+    return chosen
+
+
+class CodeFrames(Dataset):
+    """Frames of some videos of a :class:`CodeSource`.
+
+    Item ``i`` is a dict: ``input`` (53,) float32, ``index`` (int64, the row in the source, i.e.
+    in the real-target cache) and, when ``targets`` is given, ``target`` (D,) float32. The batched
+    ``__getitems__`` (used by ``DataLoader``) returns the stacked dict at once, so a batch of 512
+    costs one fancy-indexing op instead of 512 Python calls.
+
+    Args:
+        source: the opened codes.
+        videos: the subset of ``source.videos`` in this split.
+        targets: (N, D) real-side loss targets for every row of ``source`` (or ``None``).
+    """
+
+    def __init__(self, source: CodeSource, videos: Sequence[Video],
+                 targets: Optional[np.ndarray] = None) -> None:
+        if targets is not None and len(targets) != len(source.inputs):
+            raise ValueError(f"real-target cache has {len(targets)} rows but {source.path} has "
+                             f"{len(source.inputs)} frames (stale cache?)")
+        self.source = source
+        self.videos = list(videos)
+        self.targets = targets
+        self.rows = np.concatenate([np.arange(v.start, v.start + v.count) for v in self.videos]
+                                   ) if self.videos else np.zeros(0, dtype=np.int64)
+        self.rows = self.rows.astype(np.int64)
+        # Each video's first position in this dataset, and its frame count (for the sampler).
+        self.video_counts = np.array([v.count for v in self.videos], dtype=np.int64)
+        self.video_offsets = np.concatenate([[0], np.cumsum(self.video_counts)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        batch = {"input": torch.from_numpy(np.ascontiguousarray(self.source.inputs[rows])),
+                 "index": torch.from_numpy(rows)}
+        if self.targets is not None:
+            batch["target"] = torch.from_numpy(
+                np.ascontiguousarray(self.targets[rows], dtype=np.float32))
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+
+def collate_batch(batch: Any) -> dict[str, torch.Tensor]:
+    """``collate_fn`` for :class:`CodeFrames`: passes an already stacked dict through, stacks a
+    list of per-item dicts otherwise."""
+    if isinstance(batch, dict):
+        return batch
+    return {k: torch.stack([item[k] for item in batch]) for k in batch[0]}
+
+
+class VideoFrameSampler(Sampler[int]):
+    """Per-epoch frame order for :class:`CodeFrames`, sharded across DDP ranks.
+
+    Each epoch: every frame (``frames_per_video=None``) or ``k`` frames per video drawn without
+    replacement (all frames of a shorter video), then shuffled. The order depends only on
+    ``(seed, epoch)`` (call :meth:`set_epoch`), never on global RNG state, so resuming at an epoch
+    boundary reproduces it exactly. With ``world_size > 1`` the order is padded (``drop_last=False``,
+    wrapping round as ``DistributedSampler`` does) or truncated (``drop_last=True``) to a multiple
+    of ``world_size`` and rank ``r`` takes positions ``r, r+W, ...``.
+    """
+
+    def __init__(self, dataset: CodeFrames, frames_per_video: Optional[int] = None,
+                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.offsets = dataset.video_offsets
+        self.counts = dataset.video_counts
+        self.frames_per_video = frames_per_video
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order :meth:`__iter__` yields."""
+        self.epoch = int(epoch)
+
+    def _epoch_positions(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.frames_per_video is None:
+            positions = np.arange(int(self.counts.sum()), dtype=np.int64)
+        else:
+            k = self.frames_per_video
+            chunks = [off + (rng.choice(n, size=k, replace=False) if n > k else np.arange(n))
+                      for off, n in zip(self.offsets, self.counts)]
+            positions = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+            positions.sort()  # order then comes from the shuffle alone
+        if self.shuffle:
+            positions = positions[rng.permutation(len(positions))]
+        return positions
+
+    def _total(self, n: int) -> int:
+        if self.world_size == 1:
+            return n
+        return (n // self.world_size if self.drop_last else math.ceil(n / self.world_size)) * self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        positions = self._epoch_positions()
+        total = self._total(len(positions))
+        if total > len(positions) and len(positions):
+            reps = math.ceil(total / len(positions))
+            positions = np.tile(positions, reps)
+        positions = positions[:total][self.rank::self.world_size]
+        return iter(positions.tolist())
+
+    def __len__(self) -> int:
+        if self.frames_per_video is None:
+            n = int(self.counts.sum())
+        else:
+            n = int(np.minimum(self.counts, self.frames_per_video).sum())
+        return self._total(n) // self.world_size
+
+
+def build_loader(dataset: CodeFrames, batch_size: int, *, train: bool, seed: int = 0,
+                 frames_per_video: Optional[int] = None, num_workers: int = 0,
+                 device: Union[str, torch.device] = "cpu", rank: int = 0, world_size: int = 1,
+                 ) -> DataLoader:
+    """DataLoader over ``dataset``.
+
+    Training: shuffled, ``frames_per_video`` sampling, ``drop_last``; evaluation: every frame in
+    order, each rank a disjoint share (no padding, so sums over ranks are exact). ``batch_size`` is
+    per process. Memory is pinned only for CUDA; the loader's ``generator`` (seeded, its state is
+    saved in checkpoints) only seeds worker processes — the order comes from the sampler.
+    """
+    if train:
+        sampler = VideoFrameSampler(dataset, frames_per_video, shuffle=True, seed=seed,
+                                    rank=rank, world_size=world_size, drop_last=True)
+    else:
+        sampler = _ShardSampler(len(dataset), rank, world_size)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
+                      num_workers=num_workers, collate_fn=collate_batch,
+                      pin_memory=torch.device(device).type == "cuda",
+                      persistent_workers=num_workers > 0, generator=generator)
+
+
+class _ShardSampler(Sampler[int]):
+    """Positions ``rank, rank+W, ...`` of ``range(n)`` in order (evaluation sharding)."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:  # same order every epoch
+        pass
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+# ----------------------------------------------------------------------------- split + targets
+def open_split(path: Union[str, os.PathLike, CodeSource], list_path: Optional[str] = None,
+               progress: bool = False) -> tuple[CodeSource, list[Video]]:
+    """Open a code source (or take an opened one) and pick a split's videos: all, or those named
+    in the text file ``list_path``."""
+    source = path if isinstance(path, CodeSource) else open_code_source(path, progress=progress)
+    names = read_video_list(list_path) if list_path else None
+    videos = select_videos(source, names, list_path or "")
+    if not videos or sum(v.count for v in videos) == 0:
+        raise ValueError(f"{source.path}: the split selected by {list_path or 'all videos'} has no frames")
+    return source, videos
+
+
+def real_targets_for(source: CodeSource, loss: Any, cache_dir: Optional[str] = None,
+                     progress: bool = False) -> np.ndarray:
+    """Real-side loss targets (N, REAL_TARGET_DIM) for every row of ``source`` (the fast loss path).
+
+    Uses the content-hashed cache of :func:`edtn.loss_cache.build_real_target_cache`, stored in
+    ``cache_dir`` or, by default, next to the packed file (``<prefix>.real_targets.<hash>.npy``);
+    a ``.mat`` folder needs ``cache_dir``. Returns a read-only memmap.
+    """
+    from edtn.loss_cache import build_real_target_cache
+
+    if cache_dir is None and source.packed is None:
+        raise ValueError(f"{source.path} is a .mat folder: give data.cache_dir for its real-target "
+                         "cache (or pack it with scripts/pack_deca_codes.py)")
+    folder = Path(cache_dir) if cache_dir else source.path.parent
+    return build_real_target_cache(source.inputs, loss, folder, name=source.path.name,
+                                   progress=progress)
