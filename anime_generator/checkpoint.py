@@ -1,0 +1,230 @@
+"""Import of anime-generator weights: the authors' Lightning ``.ckpt``, our own checkpoints and
+bare state dicts, loaded strictly with a readable report.
+
+Accepted layouts (see ``../shared/reference/parity/generator/README.md`` §6):
+
+* Lightning checkpoint of the authors: ``{'state_dict': {...}, 'epoch', 'global_step',
+  'optimizer_states', ...}``. ``pirender_mlp`` runs (config_EDTN.yaml, 672 keys) hold
+  ``generator.*`` and ``generator_ema.*``; ``pirender`` runs (Anime_generator.yaml, 368 keys) hold
+  only ``generator.*``. Both also hold two frozen VGG19 copies (``perceptual_*``), ignored here.
+* Ours: ``{'format': 'edtn-generator/1', 'generator': sd, 'generator_ema': sd or None, ...}``
+  (optionally ``'generator_config'``: a :class:`GeneratorConfig` dict used when no config is given).
+* A bare generator state dict (304 keys).
+
+Keys may carry ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefixes; they are stripped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from edtn.assets import resolve_asset
+
+from .config import GeneratorConfig
+from .model import AnimeGenerator
+
+__all__ = [
+    "OUR_FORMAT",
+    "CheckpointError",
+    "checkpoint_filter_fn",
+    "check_state_dict",
+    "load_checkpoint_file",
+    "load_generator",
+    "generator_checkpoint",
+]
+
+_logger = logging.getLogger(__name__)
+
+OUR_FORMAT = "edtn-generator/1"
+GENERATOR_PREFIX = "generator."
+EMA_PREFIX = "generator_ema."
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+MAX_KEYS_LISTED = 12
+
+
+class CheckpointError(ValueError):
+    """A file or object is not a loadable anime-generator checkpoint (message says why)."""
+
+
+# ----------------------------------------------------------------------------- filtering
+def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove leading ``module.`` / ``_orig_mod.`` (any number, any order) from every key."""
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _take_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def checkpoint_filter_fn(obj: Any, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Extract the generator state dict (304 keys, no prefix) from a loaded checkpoint object.
+
+    Args:
+        obj: what ``torch.load`` returned (Lightning dict, our format dict or a state dict).
+        use_ema: take the EMA weights when the checkpoint has them; when it has none, fall back
+            to the trained weights with a logged warning. (The authors' ``infer.py`` uses the
+            non-EMA ``generator.`` weights: pass ``use_ema=False`` to reproduce it.)
+    Returns:
+        ``{key: tensor}`` with the model's key names. Not yet checked against the model; see
+        :func:`check_state_dict`.
+    Raises:
+        CheckpointError: the object holds no generator weights.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict-like checkpoint, got {type(obj).__name__}")
+
+    if "format" in obj:  # ours
+        if obj["format"] != OUR_FORMAT:
+            raise CheckpointError(f"unknown checkpoint format {obj['format']!r} (expected {OUR_FORMAT!r})")
+        ema = obj.get("generator_ema")
+        if use_ema and ema:
+            state = ema
+        else:
+            if use_ema:
+                _logger.warning("EMA weights requested but the checkpoint has none; using 'generator'")
+            state = obj.get("generator")
+        if not isinstance(state, Mapping) or not state:
+            raise CheckpointError(f"{OUR_FORMAT} checkpoint without a 'generator' state dict")
+        return _strip_wrappers(state)
+
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning
+        full = _strip_wrappers(obj["state_dict"])
+        gen = _take_prefix(full, GENERATOR_PREFIX)
+        ema = _take_prefix(full, EMA_PREFIX)
+        if use_ema and ema:
+            return _strip_wrappers(ema)
+        if not gen:
+            prefixes = sorted({k.split(".", 1)[0] for k in full})
+            raise CheckpointError("Lightning checkpoint without 'generator.*' entries "
+                                  f"(top-level prefixes found: {prefixes[:MAX_KEYS_LISTED]})")
+        if use_ema:
+            _logger.warning("EMA weights requested but the checkpoint has no 'generator_ema.*' "
+                            "entries (a 'pirender' run); using 'generator.*'")
+        return _strip_wrappers(gen)
+
+    # Bare state dict; also tolerate one wrapped in {'model': sd} or a full Lightning-style prefix.
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    state = _strip_wrappers(obj)
+    if any(k.startswith(GENERATOR_PREFIX) for k in state):
+        return checkpoint_filter_fn({"state_dict": state}, use_ema)
+    return dict(state)
+
+
+def _list(keys: list[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:MAX_KEYS_LISTED])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > MAX_KEYS_LISTED else shown
+
+
+def check_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and shape-mismatched keys."""
+    expected = model.state_dict()
+    problems = []
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        problems.append(f"non-tensor entries: {_list(not_tensors)}")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+                  if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_list(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_list(mismatched)}")
+    if problems:
+        raise CheckpointError("weights do not match the anime generator "
+                              f"({len(expected)} keys expected):\n  " + "\n  ".join(problems))
+
+
+# ----------------------------------------------------------------------------- file IO
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; falls back (with a warning) to a full unpickle
+    for checkpoints that pickle non-tensor objects (e.g. Lightning hyper-parameters).
+
+    Only use the fallback on files you trust: unpickling can run code.
+    Raises :class:`CheckpointError` naming the file when it cannot be read (truncated, foreign).
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - classify below
+        if "weights_only" not in str(exc) and "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt "
+                                  f"or not a checkpoint): {type(exc).__name__}: {str(exc)[:300]}") from exc
+        _logger.warning("%s holds pickled non-tensor objects; loading with weights_only=False "
+                        "(only do this for files you trust)", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
+def load_generator(path: str | os.PathLike | None = None, use_ema: bool = True,
+                   device: str | torch.device = "cpu", config: GeneratorConfig | None = None,
+                   asset: str = "generator_default") -> AnimeGenerator:
+    """Build an :class:`AnimeGenerator` and load weights strictly from a checkpoint file.
+
+    Args:
+        path: checkpoint path; ``None`` looks the asset up in the cache
+            (``edtn.assets.resolve_asset(asset, path)``; raises ``AssetError`` naming the file).
+        use_ema: prefer EMA weights when present (see :func:`checkpoint_filter_fn`).
+        device: where the model and the loaded tensors go (``map_location``).
+        config: architecture/behaviour; default: the checkpoint's ``generator_config`` when it
+            has one (our format), else :class:`GeneratorConfig` defaults (the authors').
+        asset: ``generator_default`` or ``generator_cartoon``.
+    Returns:
+        The model on ``device``, in ``eval()`` mode.
+    Raises:
+        AssetError: file not found. CheckpointError: unreadable file or mismatching weights
+        (message names the file and lists the offending keys).
+    """
+    file = resolve_asset(asset, path)
+    obj = load_checkpoint_file(file, map_location=device)
+    try:
+        state = checkpoint_filter_fn(obj, use_ema=use_ema)
+        if config is None and isinstance(obj, Mapping) and isinstance(obj.get("generator_config"), Mapping):
+            config = GeneratorConfig.from_dict(obj["generator_config"])
+        model = AnimeGenerator(config)
+        check_state_dict(state, model)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{file}: not a usable anime generator checkpoint: {exc}") from exc
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def generator_checkpoint(generator: torch.nn.Module, generator_ema: torch.nn.Module | None = None,
+                         **extra: Any) -> dict[str, Any]:
+    """Our checkpoint dict ``{'format', 'generator', 'generator_ema', 'generator_config', **extra}``.
+
+    Wrappers (DDP ``module``, ``torch.compile``) are unwrapped; no VGG weights are included.
+    Save it with ``edtn.runtime.atomic_save``.
+    """
+    def unwrap(module):
+        while hasattr(module, "module") or hasattr(module, "_orig_mod"):
+            module = getattr(module, "module", None) or getattr(module, "_orig_mod")
+        return module
+
+    generator = unwrap(generator)
+    out = {"format": OUR_FORMAT, "generator": generator.state_dict(),
+           "generator_ema": unwrap(generator_ema).state_dict() if generator_ema is not None else None}
+    if isinstance(generator, AnimeGenerator):
+        out["generator_config"] = generator.config.to_dict()
+    out.update(extra)
+    return out

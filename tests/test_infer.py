@@ -1,0 +1,384 @@
+"""infer.py / edtn.inference end to end, against the authors' files and the conformance kit.
+
+The generator and the DECA encoder carry the kit's deterministic fills (no released weights are
+needed); EDTN is the authors' ``EDTN.pt``. Poses are recomputed here independently (a hand-written
+MLP forward on the ``.mat`` codes and SPEC §1's angle rule) and compared with the exported ones.
+The generator costs about a second per 256² frame on CPU, so only a few frames are rendered.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from edtn.assets import AssetError
+from edtn.inference import ReenactmentPipeline, hold_missing, load_source_image, run
+from edtn.pose import POSE_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+N_CODE_FRAMES = 8
+N_VIDEO_FRAMES = 4
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_cfg(**overrides):
+    """Compose configs/infer.yaml with key=value overrides (None -> null), CPU, no progress bars."""
+    values = {"device": "cpu", "progress": False, **overrides}
+    args = [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="test_infer"):
+        return compose(config_name="infer", overrides=args)
+
+
+def reference_poses(mat_files, edtn_path):
+    """Independent pose computation: EDTN.pt MLP by hand + angles = pose[[0,2,1]]·180/π."""
+    from scipy.io import loadmat
+
+    sd = torch.load(edtn_path, map_location="cpu", weights_only=True)
+    mats = [loadmat(str(f)) for f in mat_files]
+    exp = np.concatenate([m["exp"] for m in mats]).astype(np.float32)
+    pose6 = np.concatenate([m["pose"] for m in mats]).astype(np.float32)
+    h = torch.from_numpy(np.concatenate([exp, pose6[:, 3:]], 1))
+    for i in (0, 2, 4):
+        h = torch.nn.functional.leaky_relu(h @ sd[f"main.{i}.weight"].T + sd[f"main.{i}.bias"], 0.2)
+    morphs = torch.sigmoid(h @ sd["main.6.weight"].T + sd["main.6.bias"]).numpy()
+    angles = pose6[:, [0, 2, 1]] * 180 / np.pi
+    return morphs, angles
+
+
+def gif_info(path):
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        return gif.n_frames, gif.size, gif.info["duration"]
+
+
+def _listing(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def assets_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("infer_assets")
+
+
+@pytest.fixture(scope="module")
+def generator_path(assets_dir):
+    """A filled AnimeGenerator (kit sine rule) saved as a plain state dict."""
+    from anime_generator.model import AnimeGenerator
+    from helpers.weight_fill import fill_module
+
+    model = fill_module(AnimeGenerator(), "sine")
+    path = assets_dir / "generator_filled.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def deca_tar(assets_dir):
+    """A filled DECA encoder (kit splitmix rule) saved in the official deca_model.tar layout."""
+    from deca_edit.encoder import DETAIL_DIM, DecaEncoder
+    from helpers.weight_fill import fill_module
+
+    path = assets_dir / "deca_model.tar"
+    torch.save({"E_flame": fill_module(DecaEncoder(), "splitmix").state_dict(),
+                "E_detail": fill_module(DecaEncoder(DETAIL_DIM), "splitmix").state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def codes_dir(authors_dir, tmp_path_factory):
+    """The first 8 authors' DECA code files, copied."""
+    folder = tmp_path_factory.mktemp("vox_codes") / "vox_deca"
+    folder.mkdir()
+    for f in sorted((authors_dir / "vox_deca").glob("*.mat"))[:N_CODE_FRAMES]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def face_frames(authors_dir):
+    import imageio.v3 as iio
+
+    return [iio.imread(authors_dir / "vox_images" / f"{i:07d}.png") for i in (0, 1, 2)]
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_hold_missing_rule():
+    np.testing.assert_array_equal(hold_missing([False, True, False, False, True, False]),
+                                  [1, 1, 1, 1, 4, 4])
+    np.testing.assert_array_equal(hold_missing([True, True]), [0, 1])
+    with pytest.raises(ValueError, match="no face"):
+        hold_missing([False, False])
+
+
+def test_source_image_matches_kit_and_handles_formats(authors_dir, generator_kit, tmp_path):
+    import imageio.v3 as iio
+
+    kit = np.load(generator_kit / "generator_vectors.npz")
+    # original compositing (truncation) reproduces the kit's source tensor bit for bit
+    src = load_source_image(authors_dir / "basis.png", 256, composite="truncate")
+    assert src.shape == (1, 3, 256, 256) and src.dtype == torch.float32
+    np.testing.assert_array_equal(src[0].numpy(), kit["source_images"][0])
+    # ours rounds: differs from truncation in a few hundred pixels by exactly one level
+    ours = (load_source_image(authors_dir / "basis.png", 256) * 255).round()[0].permute(1, 2, 0).numpy()
+    diff = ours.astype(int) - kit["basis_rgb_uint8"].astype(int)
+    assert set(np.unique(diff)) <= {0, 1} and 0 < (diff.any(-1)).sum() < 5000
+    # grayscale source -> three equal channels; non-square -> centred on a white square
+    gray = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (32, 1))
+    iio.imwrite(tmp_path / "gray.png", gray)
+    img = load_source_image(tmp_path / "gray.png", 64)[0]
+    assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])
+    assert (img[:, :16] == 1).all() and (img[:, 48:] == 1).all()          # white padding rows
+    torch.testing.assert_close(img[0, 16:48], torch.from_numpy(gray / 255.0).float(), atol=1e-6, rtol=0)
+    with pytest.raises(FileNotFoundError, match="source image"):
+        load_source_image(tmp_path / "missing.png", 64)
+
+
+# ----------------------------------------------------------------------------- end to end: codes
+def test_codes_to_gif_poses_match_edtn_and_spec(codes_dir, authors_dir, generator_path,
+                                                generator_kit, tmp_path):
+    out = tmp_path / "anime.gif"
+    cfg = make_cfg(driving=codes_dir, source=authors_dir / "basis.png", out=out,
+                   generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
+                   pose_csv=tmp_path / "poses.csv", pose_npy=tmp_path / "poses.npy", batch_size=4)
+    result = run(cfg)
+    # output file: 8 frames of 256², 25 fps (codes carry no frame rate -> default_fps)
+    n, size, duration = gif_info(out)
+    assert (n, size, duration) == (N_CODE_FRAMES, (256, 256), 40)
+    assert result.fps == 25.0 and result.missing == []
+    assert _listing(tmp_path) == ["anime.gif", "poses.csv", "poses.npy"]
+    # exported poses = authors' EDTN on those codes ⊕ SPEC §1 angles
+    mats = sorted(codes_dir.glob("*.mat"))
+    morphs, angles = reference_poses(mats, authors_dir / "EDTN.pt")
+    poses = np.load(tmp_path / "poses.npy")
+    assert poses.shape == (N_CODE_FRAMES, 20) and poses.dtype == np.float32
+    np.testing.assert_allclose(poses[:, :17], morphs, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(poses[:, 17:], angles)
+    # frame 0 is the kit's pose row 0 (made by the original infer.py)
+    kit = np.load(generator_kit / "generator_vectors.npz")
+    assert kit["edtn_frames"][0] == 0
+    np.testing.assert_allclose(poses[0], kit["poses"][0], rtol=0, atol=1e-6)
+    # CSV: frame column + named columns, same numbers
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "poses.csv")
+    assert list(table.columns) == ["frame", *POSE_COLUMNS]
+    assert table["frame"].tolist() == list(range(N_CODE_FRAMES))
+    np.testing.assert_allclose(table[list(POSE_COLUMNS)].to_numpy(), poses, rtol=1e-6, atol=1e-7)
+    # the frames really differ (the pose drives the generator)
+    from PIL import Image, ImageSequence
+
+    with Image.open(out) as gif:
+        frames = [np.asarray(f.convert("RGB"), dtype=np.int16) for f in ImageSequence.Iterator(gif)]
+    assert np.abs(frames[0] - frames[-1]).max() > 0
+
+
+def test_codes_to_mp4_grid_with_mesh(codes_dir, authors_dir, generator_path, synthetic_flame_path,
+                                     landmark_embedding_path, tmp_path):
+    from edtn.video_io import open_driving
+
+    out = tmp_path / "grid.mp4"
+    cfg = make_cfg(driving=codes_dir, source=authors_dir / "basis.png", out=out,
+                   generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt", fps=20,
+                   layout="grid", show_morphs=True, show_mesh=True, flame_path=synthetic_flame_path,
+                   landmark_embedding_path=landmark_embedding_path, batch_size=8)
+    run(cfg)
+    video = open_driving(out)
+    assert (video.num_frames, video.fps) == (N_CODE_FRAMES, 20.0)
+    frame = next(iter(video))[1]
+    # placeholder (codes have no picture) | mesh | anime | morph chart
+    assert frame.shape == (256, 4 * 256, 3)
+    mesh = frame[:, 256:512].astype(int)
+    assert (mesh < 200).any(-1).mean() > 0.05                     # a shaded head was drawn
+    assert (mesh[128, 128] < 240).all()                           # where the face projects
+    assert (mesh > 240).all(-1).mean() > 0.1                      # on a white background
+
+
+def test_pose_options_through_the_pipeline(codes_dir, authors_dir, tmp_path):
+    base = run(make_cfg(driving=codes_dir, render="none", edtn_path=authors_dir / "EDTN.pt"))
+    rel = run(make_cfg(driving=codes_dir, render="none", edtn_path=authors_dir / "EDTN.pt",
+                       relative=True, mouth_gain=1.5, **{"smoothing.method": "ema"}))
+    assert base.out is None and _listing(tmp_path) == []
+    np.testing.assert_array_equal(rel.poses[0], np.zeros(20, np.float32))
+    morphs = np.clip(base.poses[:, :17] - base.poses[:1, :17], 0, 1)
+    morphs[:, 12:] = np.clip(morphs[:, 12:] * 1.5, 0, 1)
+    angles = base.poses[:, 17:] - base.poses[:1, 17:]
+    expected = np.concatenate([morphs, angles], 1)
+    ema = expected.copy()
+    for t in range(1, len(ema)):
+        ema[t] = 0.5 * expected[t] + 0.5 * ema[t - 1]
+    np.testing.assert_allclose(rel.poses, ema, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_codes_equal_mat_folder(codes_dir, authors_dir, tmp_path):
+    from deca_edit.codes import pack_code_tree
+
+    pack_code_tree(codes_dir, tmp_path / "packed", progress=False)
+    from_mat = run(make_cfg(driving=codes_dir, render="none", edtn_path=authors_dir / "EDTN.pt"))
+    for driving in (tmp_path / "packed", tmp_path / "packed.npy"):
+        packed = run(make_cfg(driving=driving, render="none", edtn_path=authors_dir / "EDTN.pt",
+                              max_frames=5))
+        np.testing.assert_allclose(packed.poses, from_mat.poses[:5], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="driving_video"):
+        run(make_cfg(driving=tmp_path / "packed", driving_video="nope", render="none",
+                     edtn_path=authors_dir / "EDTN.pt"))
+
+
+# ----------------------------------------------------------------------------- end to end: video
+def test_video_full_path_detect_encode_edtn_generate(authors_dir, deca_tar, generator_path, tmp_path):
+    from deca_edit.crop import crop_face, make_detector
+    from deca_edit.encoder import load_deca_checkpoint
+    from edtn.video_io import open_driving
+
+    out = tmp_path / "anime.mp4"
+    with pytest.warns(UserWarning, match="dlib"):   # no face-alignment weights in the test home
+        result = run(make_cfg(driving=authors_dir / "example.mp4", max_frames=N_VIDEO_FRAMES,
+                              source=authors_dir / "basis.png", out=out, deca_path=deca_tar,
+                              generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
+                              batch_size=2, pose_npy=tmp_path / "p.npy"))
+    video = open_driving(out)
+    assert (video.num_frames, video.fps) == (N_VIDEO_FRAMES, 20.0)
+    assert next(iter(video))[1].shape == (256, 256, 3)
+    assert result.missing == []
+    # recompute the chain: crop -> encoder -> EDTN.pt (by hand) -> angles
+    encoder = load_deca_checkpoint(deca_tar)
+    detector = make_detector("dlib")
+    crops = [crop_face(frame, detector)[0] for _, frame in open_driving(authors_dir / "example.mp4",
+                                                                         N_VIDEO_FRAMES)]
+    with torch.no_grad():
+        codes = encoder.encode(torch.from_numpy(np.stack(crops)))
+    from scipy.io import savemat
+
+    mats = []
+    for i in range(N_VIDEO_FRAMES):
+        mats.append(tmp_path / f"{i}.mat")
+        savemat(mats[-1], {k: codes[k][i:i + 1].numpy() for k in ("exp", "pose")})
+    morphs, angles = reference_poses(mats, authors_dir / "EDTN.pt")
+    poses = np.load(tmp_path / "p.npy")
+    np.testing.assert_allclose(poses[:, :17], morphs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(poses[:, 17:], angles, rtol=1e-5, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_frame_without_face_holds_previous_pose(face_frames, authors_dir, deca_tar, tmp_path):
+    import imageio.v3 as iio
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    # 0: no face (leading: takes the first found), 1: face, 2: no face (held), 3: gray face,
+    # 4: RGBA face
+    gray = face_frames[1].mean(-1).round().astype(np.uint8)
+    rgba = np.concatenate([face_frames[2], np.full((256, 256, 1), 255, np.uint8)], -1)
+    for i, img in enumerate([blank, face_frames[0], blank, gray, rgba]):
+        iio.imwrite(folder / f"{i:03d}.png", img)
+    result = run(make_cfg(driving=folder, render="none", deca_path=deca_tar, detector="dlib",
+                          edtn_path=authors_dir / "EDTN.pt"))
+    assert result.missing == [0, 2]
+    p = result.poses
+    np.testing.assert_array_equal(p[0], p[1])
+    np.testing.assert_array_equal(p[2], p[1])
+    assert not np.array_equal(p[3], p[1]) and not np.array_equal(p[4], p[3])
+
+
+def test_no_face_anywhere_is_an_error(authors_dir, deca_tar, tmp_path):
+    import imageio.v3 as iio
+
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    iio.imwrite(folder / "0.png", np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="no face was found"):
+        run(make_cfg(driving=folder, render="none", deca_path=deca_tar, detector="dlib",
+                     edtn_path=authors_dir / "EDTN.pt"))
+
+
+def test_unreadable_video_and_empty_folder(authors_dir, deca_tar, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match="cannot read video"):
+        run(make_cfg(driving=bad, render="none", deca_path=deca_tar,
+                     edtn_path=authors_dir / "EDTN.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="contains no images"):
+        run(make_cfg(driving=tmp_path / "empty", render="none", deca_path=deca_tar,
+                     edtn_path=authors_dir / "EDTN.pt"))
+
+
+def test_output_in_missing_directory_stops_before_work(codes_dir, authors_dir, generator_path,
+                                                       tmp_path, monkeypatch):
+    import edtn.inference as inference
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(inference, "_read_code_folder", must_not_run)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(make_cfg(driving=codes_dir, source=authors_dir / "basis.png",
+                     out=tmp_path / "missing" / "anime.mp4", generator_path=generator_path,
+                     edtn_path=authors_dir / "EDTN.pt", pose_csv=tmp_path / "poses.csv"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(make_cfg(driving=codes_dir, render="none", edtn_path=authors_dir / "EDTN.pt",
+                     pose_csv=tmp_path / "nope" / "poses.csv"))
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("missing", ["edtn", "generator", "deca", "flame"])
+def test_missing_asset_stops_before_any_work(missing, codes_dir, authors_dir, generator_path,
+                                             deca_tar, tmp_path, monkeypatch):
+    import edtn.inference as inference
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(inference, "_read_code_folder", must_not_run)
+    monkeypatch.setattr(inference, "open_driving", must_not_run)
+    kw = dict(driving=codes_dir, source=authors_dir / "basis.png", out=tmp_path / "a.mp4",
+              generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
+              pose_csv=tmp_path / "p.csv")
+    if missing == "edtn":
+        kw["edtn_path"] = None                      # EDTN_HOME is an empty folder in tests
+        expect = "EDTN.pt"
+    elif missing == "generator":
+        kw.update(generator_path=None, generator="cartoon")
+        expect = "generator_cartoon.ckpt"
+    elif missing == "deca":
+        kw["driving"] = authors_dir / "example.mp4"
+        expect = "deca_model.tar"
+    else:
+        kw.update(layout="grid", show_mesh=True, flame_path=tmp_path / "generic_model.pkl")
+        expect = "generic_model.pkl"
+    with pytest.raises(AssetError, match=expect) as info:
+        ReenactmentPipeline(make_cfg(**kw))
+    assert "Get it:" in str(info.value)
+    assert _listing(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- the CLI
+def _cli(*args, env_home):
+    env = {**os.environ, "EDTN_HOME": str(env_home), "TORCH_HOME": str(env_home / "torch")}
+    return subprocess.run([sys.executable, str(REPO / "infer.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=env_home, timeout=300)
+
+
+def test_cli_clean_errors_and_success(codes_dir, authors_dir, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _cli(f"driving={codes_dir}", "render=none", env_home=home)
+    assert proc.returncode == 1
+    assert "EDTN.pt" in proc.stderr and "Get it:" in proc.stderr and "Traceback" not in proc.stderr
+    shutil.copy(authors_dir / "EDTN.pt", home / "EDTN.pt")       # now found through EDTN_HOME
+    proc = _cli(f"driving={codes_dir}", "render=none", "max_frames=3",
+                f"pose_csv={tmp_path / 'p.csv'}", env_home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 3 frames" in proc.stdout
+    assert _listing(home) == ["EDTN.pt"]                           # Hydra left nothing in the cwd
+    assert (tmp_path / "p.csv").read_text().count("\n") == 4
