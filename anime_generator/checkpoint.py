@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import torch
 
 from edtn.assets import resolve_asset
+from edtn.runtime import unwrap_model
+from edtn.state_dict import format_keys, state_dict_problems, strip_wrapper_prefixes
 
 from .config import GeneratorConfig
 from .model import AnimeGenerator
@@ -42,8 +44,6 @@ _logger = logging.getLogger(__name__)
 OUR_FORMAT = "edtn-generator/1"
 GENERATOR_PREFIX = "generator."
 EMA_PREFIX = "generator_ema."
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-MAX_KEYS_LISTED = 12
 
 
 class CheckpointError(ValueError):
@@ -51,20 +51,6 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- filtering
-def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Remove leading ``module.`` / ``_orig_mod.`` (any number, any order) from every key."""
-    out = {}
-    for key, value in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
 def _take_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -98,55 +84,36 @@ def checkpoint_filter_fn(obj: Any, use_ema: bool = True) -> dict[str, torch.Tens
             state = obj.get("generator")
         if not isinstance(state, Mapping) or not state:
             raise CheckpointError(f"{OUR_FORMAT} checkpoint without a 'generator' state dict")
-        return _strip_wrappers(state)
+        return strip_wrapper_prefixes(state)
 
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning
-        full = _strip_wrappers(obj["state_dict"])
+        full = strip_wrapper_prefixes(obj["state_dict"])
         gen = _take_prefix(full, GENERATOR_PREFIX)
         ema = _take_prefix(full, EMA_PREFIX)
         if use_ema and ema:
-            return _strip_wrappers(ema)
+            return strip_wrapper_prefixes(ema)
         if not gen:
             prefixes = sorted({k.split(".", 1)[0] for k in full})
             raise CheckpointError("Lightning checkpoint without 'generator.*' entries "
-                                  f"(top-level prefixes found: {prefixes[:MAX_KEYS_LISTED]})")
+                                  f"(top-level prefixes found: {format_keys(prefixes)})")
         if use_ema:
             _logger.warning("EMA weights requested but the checkpoint has no 'generator_ema.*' "
                             "entries (a 'pirender' run); using 'generator.*'")
-        return _strip_wrappers(gen)
+        return strip_wrapper_prefixes(gen)
 
     # Bare state dict; also tolerate one wrapped in {'model': sd} or a full Lightning-style prefix.
     if "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
-    state = _strip_wrappers(obj)
+    state = strip_wrapper_prefixes(obj)
     if any(k.startswith(GENERATOR_PREFIX) for k in state):
         return checkpoint_filter_fn({"state_dict": state}, use_ema)
     return dict(state)
 
 
-def _list(keys: list[str]) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:MAX_KEYS_LISTED])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > MAX_KEYS_LISTED else shown
-
-
 def check_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and shape-mismatched keys."""
     expected = model.state_dict()
-    problems = []
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        problems.append(f"non-tensor entries: {_list(not_tensors)}")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-                  if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_list(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_list(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {_list(mismatched)}")
+    problems = state_dict_problems(state, expected)
     if problems:
         raise CheckpointError("weights do not match the anime generator "
                               f"({len(expected)} keys expected):\n  " + "\n  ".join(problems))
@@ -216,14 +183,9 @@ def generator_checkpoint(generator: torch.nn.Module, generator_ema: torch.nn.Mod
     Wrappers (DDP ``module``, ``torch.compile``) are unwrapped; no VGG weights are included.
     Save it with ``edtn.runtime.atomic_save``.
     """
-    def unwrap(module):
-        while hasattr(module, "module") or hasattr(module, "_orig_mod"):
-            module = getattr(module, "module", None) or getattr(module, "_orig_mod")
-        return module
-
-    generator = unwrap(generator)
+    generator = unwrap_model(generator)
     out = {"format": OUR_FORMAT, "generator": generator.state_dict(),
-           "generator_ema": unwrap(generator_ema).state_dict() if generator_ema is not None else None}
+           "generator_ema": unwrap_model(generator_ema).state_dict() if generator_ema is not None else None}
     if isinstance(generator, AnimeGenerator):
         out["generator_config"] = generator.config.to_dict()
     out.update(extra)

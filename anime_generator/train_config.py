@@ -14,7 +14,9 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, SCMode
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from edtn.typed_config import merge_into_schema, to_plain_dict
 
 from .config import GeneratorConfig
 
@@ -192,17 +194,7 @@ def validate_config(cfg: Any) -> DictConfig:
     Returns:
         a typed DictConfig (the ``hydra`` node dropped).
     """
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    cfg = {k: v for k, v in dict(cfg).items() if k != "hydra"}
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(TrainAGConfig), cfg)
-        missing = sorted(OmegaConf.missing_keys(typed))
-    except Exception as exc:  # omegaconf errors carry full_key
-        key = getattr(exc, "full_key", None)
-        raise ValueError(f"invalid generator training config value at key {key!r}: {exc}") from exc
-    if missing:
-        raise ValueError(f"generator training config keys without a value: {', '.join(missing)}")
+    typed = merge_into_schema(TrainAGConfig, cfg, "generator training config")
     for key in _POSITIVE:
         if OmegaConf.select(typed, key) <= 0:
             raise ValueError(f"{key} must be > 0, got {OmegaConf.select(typed, key)}")
@@ -227,9 +219,3 @@ def validate_config(cfg: Any) -> DictConfig:
     except ValueError as exc:
         raise ValueError(f"model: {exc}") from exc
     return typed
-
-
-def to_plain_dict(cfg: DictConfig) -> dict:
-    """Resolved config as plain Python containers (what goes into checkpoints)."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True,
-                                  structured_config_mode=SCMode.DICT)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edtn.assets import resolve_asset
+from edtn.state_dict import state_dict_problems, strip_wrapper_prefixes
 
 __all__ = [
     "INPUT_SIZE",
@@ -62,9 +63,7 @@ PARAM_LAYOUT: tuple[tuple[str, int], ...] = (
 FLAME_ENTRY = "E_flame"
 DETAIL_ENTRY = "E_detail"
 # Prefixes added by DataParallel / torch.compile wrappers; stripped before loading.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 OPTIONAL_SUFFIX = ".num_batches_tracked"
-MAX_KEYS_IN_MESSAGE = 12
 
 
 # ----------------------------------------------------------------------------- network
@@ -199,19 +198,7 @@ class DecaCheckpointError(ValueError):
 
 def clean_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of ``state`` with DataParallel / torch.compile prefixes (``module.``, ``_orig_mod.``) removed."""
-    out = {}
-    for key, value in state.items():
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def _list(keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_KEYS_IN_MESSAGE])
-    more = len(keys) - MAX_KEYS_IN_MESSAGE
-    return shown + (f", ... and {more} more" if more > 0 else "")
+    return strip_wrapper_prefixes(state)
 
 
 def check_state_dict(state: Mapping[str, Any], model: nn.Module, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -226,21 +213,7 @@ def check_state_dict(state: Mapping[str, Any], model: nn.Module, source: str = "
     """
     state = clean_state_dict(state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
-                  for k in own if k in state and hasattr(state[k], "shape")
-                  and tuple(state[k].shape) != tuple(own[k].shape)]
-    not_tensors = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_list(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_list(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_list(mismatched)}")
-    if not_tensors:
-        problems.append(f"{len(not_tensors)} non-tensor value(s): {_list(not_tensors)}")
+    problems = state_dict_problems(state, own, optional_suffixes=(OPTIONAL_SUFFIX,))
     if problems:
         raise DecaCheckpointError(f"{source} does not match the DECA encoder "
                                   f"(outsize {getattr(model, 'outsize', '?')}):\n  " + "\n  ".join(problems))

@@ -32,6 +32,7 @@ __all__ = [
     "asset_home",
     "torch_hub_dir",
     "resolve_asset",
+    "resolve_asset_or_fallback",
     "check_asset",
     "sha256_of",
 ]
@@ -307,6 +308,24 @@ def resolve_asset(name: str, path: str | os.PathLike | None = None, verify: bool
         except Exception as exc:  # noqa: BLE001 - any failure to parse means a wrong file
             raise AssetError(_missing_message(spec, [found], f"at {found} is not valid: {exc}")) from exc
     return found
+
+
+def resolve_asset_or_fallback(name: str, path: str | os.PathLike | None,
+                              fallback: Path) -> tuple[Path, str]:
+    """For scripts that can run on stand-in data (benchmarks): the explicit ``path``, else the
+    asset cache, else ``fallback`` (e.g. the conformance kit's synthetic FLAME model).
+
+    Returns ``(path, source)`` with ``source`` one of ``argument``, ``asset cache``,
+    ``fallback``; raises :class:`AssetError` when none exists.
+    """
+    if path not in (None, ""):
+        return resolve_asset(name, path), "argument"
+    try:
+        return resolve_asset(name), "asset cache"
+    except AssetError:
+        if Path(fallback).is_file():
+            return Path(fallback), "fallback"
+        raise
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

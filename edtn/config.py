@@ -13,7 +13,9 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, SCMode
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from edtn.typed_config import merge_into_schema, to_plain_dict
 
 __all__ = [
     "LossImpl",
@@ -144,17 +146,7 @@ def validate_config(cfg: Any) -> DictConfig:
     Returns:
         a typed, struct-mode DictConfig (``hydra`` node dropped).
     """
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    cfg = {k: v for k, v in dict(cfg).items() if k != "hydra"}
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-        missing = sorted(OmegaConf.missing_keys(typed))
-    except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError carry full_key
-        key = getattr(exc, "full_key", None)
-        raise ValueError(f"invalid EDTN config value at key {key!r}: {exc}") from exc
-    if missing:
-        raise ValueError(f"EDTN config keys without a value: {', '.join(missing)}")
+    typed = merge_into_schema(TrainConfig, cfg, "EDTN config")
     if len(typed.optim.betas) != 2:
         raise ValueError(f"optim.betas must hold 2 numbers, got {list(typed.optim.betas)}")
     for key in ("epochs", "data.batch_size", "data.eval_batch_size"):
@@ -163,9 +155,3 @@ def validate_config(cfg: Any) -> DictConfig:
     if typed.data.frames_per_video is not None and typed.data.frames_per_video <= 0:
         raise ValueError(f"data.frames_per_video must be null or > 0, got {typed.data.frames_per_video}")
     return typed
-
-
-def to_plain_dict(cfg: DictConfig) -> dict:
-    """Resolved config as plain Python containers (what goes into checkpoints)."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True,
-                                  structured_config_mode=SCMode.DICT)

@@ -22,6 +22,7 @@ from torch import nn
 from deca_edit.codes import edtn_input_from_code156  # re-exported for convenience
 from edtn.assets import resolve_asset
 from edtn.runtime import atomic_save, unwrap_model
+from edtn.state_dict import format_keys, state_dict_problems, strip_wrapper_prefixes
 
 __all__ = [
     "EDTN",
@@ -41,7 +42,6 @@ EDTN_OUT_DIM = 17  # anime morphs, each in [0, 1]
 LEAKY_SLOPE = 0.2
 
 # Wrapper prefixes that training code may leave in front of every key.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys under which a training checkpoint may hold the model's state dict.
 _CHECKPOINT_MODEL_KEYS = ("model", "state_dict")
 
@@ -82,17 +82,6 @@ class EDTN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- loading / export
-def _strip_prefix(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                changed = True
-    return key
-
-
 def checkpoint_filter_fn(checkpoint: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
     """Turn anything we save or the authors released into a plain EDTN state dict.
 
@@ -108,20 +97,14 @@ def checkpoint_filter_fn(checkpoint: Mapping[str, Any]) -> "OrderedDict[str, tor
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             state = checkpoint[key]
             break
-    return OrderedDict((_strip_prefix(k), v) for k, v in state.items())
+    return OrderedDict(strip_wrapper_prefixes(state))
 
 
 def _load_state(model: EDTN, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{source}: not an EDTN state dict; missing keys {missing}, "
-                         f"unexpected keys {unexpected} (expected {list(expected)})")
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{source}: EDTN tensors with wrong shapes: {wrong}")
+    problems = state_dict_problems(state, model.state_dict())
+    if problems:
+        raise ValueError(f"{source}: not an EDTN state dict (expected keys "
+                         f"{format_keys(model.state_dict())}):\n  " + "\n  ".join(problems))
     model.load_state_dict(state, strict=True)
 
 

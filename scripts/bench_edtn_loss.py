@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from deca_edit.codes import edtn_input_from_code156, read_code_mat, code156  # noqa: E402
 from deca_edit.flame import FLAME  # noqa: E402
-from edtn.assets import AssetError, resolve_asset  # noqa: E402
+from edtn.assets import resolve_asset_or_fallback  # noqa: E402
 from edtn.losses import GeometryLoss  # noqa: E402
 from edtn.model import EDTN  # noqa: E402
 from edtn.optim import OPTIMIZER_IMPLS, make_optimizer, make_train_step  # noqa: E402
@@ -84,18 +84,6 @@ def parse_args() -> argparse.Namespace:
     if args.repeats < 5:
         parser.error("--repeats must be >= 5")
     return args
-
-
-def pick_asset(name: str, path: str | None, fallback: Path) -> tuple[Path, str]:
-    """Explicit path, else the asset cache, else the kit's file; returns (path, source)."""
-    if path:
-        return resolve_asset(name, path), "argument"
-    try:
-        return resolve_asset(name), "asset cache"
-    except AssetError:
-        if fallback.is_file():
-            return fallback, "shared kit (synthetic FLAME)" if name == "flame_model" else "shared kit"
-        raise
 
 
 def driving_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, str]:
@@ -148,9 +136,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    flame_path, flame_source = pick_asset("flame_model", args.flame_model, SYNTHETIC_MODEL)
-    emb_path, _ = pick_asset("landmark_embedding", args.landmark_embedding, SHARED_EMBEDDING)
-    basis_path, basis_source = pick_asset("transform_matrix", args.basis, SHARED_BASIS)
+    flame_path, flame_source = resolve_asset_or_fallback("flame_model", args.flame_model, SYNTHETIC_MODEL)
+    emb_path, _ = resolve_asset_or_fallback("landmark_embedding", args.landmark_embedding, SHARED_EMBEDDING)
+    basis_path, basis_source = resolve_asset_or_fallback("transform_matrix", args.basis, SHARED_BASIS)
     print(f"FLAME: {flame_path} ({flame_source}); basis: {basis_path} ({basis_source})")
 
     flame = FLAME(flame_path, emb_path, n_shape=100, n_exp=50, check_finite=False).to(device)

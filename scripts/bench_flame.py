@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from deca_edit.flame import FLAME  # noqa: E402
-from edtn.assets import AssetError, resolve_asset  # noqa: E402
+from edtn.assets import resolve_asset_or_fallback  # noqa: E402
 from edtn.runtime import resolve_device  # noqa: E402
 
 SHARED = Path(os.environ.get("EDTN_SHARED", REPO_ROOT.parent / "shared"))
@@ -52,18 +52,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (>= 5)")
     parser.add_argument("--out", default="bench_results/bench_flame.json", help="JSON output")
     return parser.parse_args()
-
-
-def pick_asset(name: str, path: str | None, fallback: Path) -> tuple[Path, str]:
-    """Explicit path, else the asset cache, else the kit's file; returns (path, source)."""
-    if path:
-        return resolve_asset(name, path), "argument"
-    try:
-        return resolve_asset(name), "asset cache"
-    except AssetError:
-        if fallback.is_file():
-            return fallback, "shared kit (synthetic)" if name == "flame_model" else "shared kit"
-        raise
 
 
 def sync(device: torch.device) -> None:
@@ -93,8 +81,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
-    model_path, model_source = pick_asset("flame_model", args.flame_model, SYNTHETIC_MODEL)
-    emb_path, _ = pick_asset("landmark_embedding", args.landmark_embedding, SHARED_EMBEDDING)
+    model_path, model_source = resolve_asset_or_fallback("flame_model", args.flame_model, SYNTHETIC_MODEL)
+    emb_path, _ = resolve_asset_or_fallback("landmark_embedding", args.landmark_embedding, SHARED_EMBEDDING)
     flame = FLAME(model_path, emb_path, dtype=dtype, check_finite=False).to(device)
     n_vertices = flame.v_template.shape[0]
     generator = torch.Generator().manual_seed(0)

@@ -143,7 +143,7 @@ def test_mismatched_checkpoint_names_every_bad_key(tmp_path, filled_encoder):
     message = str(info.value)
     assert "encoder.layer3.2.bn2.running_var" in message and "missing" in message
     assert "encoder.fc.weight" in message and "unexpected" in message
-    assert "layers.2.bias (235,) (expected (236,))" in message
+    assert "layers.2.bias (235,) (model (236,))" in message
     assert str(path) in message and "E_flame" in message
 
 

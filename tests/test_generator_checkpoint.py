@@ -151,7 +151,7 @@ def test_shape_mismatch_is_listed(entries, tmp_path):
     state["mapping_net.first.0.weight"] = torch.zeros(256, 19)
     path = tmp_path / "bad_shape.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"mapping_net.first.0.weight \(256, 19\) vs model \(256, 20\)"):
+    with pytest.raises(CheckpointError, match=r"mapping_net.first.0.weight \(256, 19\) \(model \(256, 20\)\)"):
         load_generator(path)
 
 

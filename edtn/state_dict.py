@@ -1,0 +1,70 @@
+"""Checkpoint key handling shared by every loader (EDTN, DECA encoder, anime generator).
+
+Two small pure functions, in the spirit of timm's ``clean_state_dict`` and strict loading:
+
+* :func:`strip_wrapper_prefixes` removes the ``module.`` (DistributedDataParallel) and
+  ``_orig_mod.`` (``torch.compile``) prefixes a saved state dict may carry;
+* :func:`state_dict_problems` lists, in readable lines, every missing, unexpected, mis-shaped or
+  non-tensor entry of a state dict compared with a model's, so a loader can raise one clear error
+  instead of letting ``load_state_dict`` fail (or, like the original DECA code, skip silently).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+
+__all__ = ["WRAPPER_PREFIXES", "strip_wrapper_prefixes", "format_keys", "state_dict_problems"]
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+MAX_KEYS_LISTED = 12
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of ``state`` with leading ``module.`` / ``_orig_mod.`` (any number, any order) removed."""
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def format_keys(keys: Iterable[str], limit: int = MAX_KEYS_LISTED) -> str:
+    """``'a, b, c'``, or the first ``limit`` keys and ``'... (N in all)'``."""
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def state_dict_problems(state: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
+                        optional_suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Every way ``state`` differs from ``expected`` (a model's ``state_dict()``), one line each.
+
+    Args:
+        state: the loaded entries (prefixes already stripped).
+        expected: the model's state dict (names and shapes are compared).
+        optional_suffixes: keys ending like this may be absent (e.g. ``.num_batches_tracked`` of
+            old BatchNorm checkpoints).
+    Returns:
+        An empty list when ``state`` loads strictly, else lines such as ``"2 missing keys: a, b"``.
+    """
+    missing = [k for k in expected if k not in state and not k.endswith(optional_suffixes or ("\0",))]
+    unexpected = sorted(k for k in state if k not in expected)
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    mismatched = [f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})" for k, v in expected.items()
+                  if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {format_keys(mismatched)}")
+    if not_tensors:
+        problems.append(f"{len(not_tensors)} non-tensor values: {format_keys(not_tensors)}")
+    return problems
