@@ -4,29 +4,20 @@
     python infer.py driving=codes/ render=none pose_csv=poses.csv
 
 User-facing errors (a missing asset, a bad input file, a wrong option) print one message and exit
-with status 1 -- no traceback.
+with status 1 -- no traceback (edtn.runtime.exit_on_user_error).
 """
 from __future__ import annotations
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from edtn.assets import AssetError
 from edtn.inference import run
-
-EXIT_USER_ERROR = 1
+from edtn.runtime import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (AssetError, FileNotFoundError, ValueError) as exc:
-        kind = "missing file" if isinstance(exc, FileNotFoundError) else "error"
-        print(f"infer.py: {kind}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("infer.py", run, cfg)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ __all__ = [
     "restore_rng_state",
     "find_resume_checkpoint",
     "unwrap_model",
+    "exit_on_user_error",
 ]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -142,3 +143,21 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+USER_ERRORS = (FileNotFoundError, ValueError)  # AssetError is a FileNotFoundError
+EXIT_USER_ERROR = 1
+
+
+def exit_on_user_error(program: str, fn, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)``; a user-facing error (missing asset or file, bad input or config
+    value) prints one line ``<program>: error: <message>`` to stderr and exits with status 1
+    instead of a traceback. Other exceptions propagate unchanged (they are bugs).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        import sys
+
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None

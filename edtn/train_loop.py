@@ -29,8 +29,9 @@ from edtn.distributed import DistInfo, cleanup_distributed, init_distributed
 from edtn.losses import GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
-from edtn.runtime import (atomic_path, atomic_save, capture_rng_state, find_resume_checkpoint,
-                          resolve_device, restore_rng_state, seed_everything, unwrap_model)
+from edtn.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
+                          find_resume_checkpoint, resolve_device, restore_rng_state, seed_everything,
+                          unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "resolve_run_dir", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
@@ -57,6 +58,8 @@ def run(cfg: Any) -> dict:
     dist, device = init_distributed(device)
     try:
         return _train(cfg, dist, device)
+    except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
+        raise
     except Exception:
         log.exception("EDTN training failed (run dir %s)", resolve_run_dir(cfg))
         raise
