@@ -2,6 +2,8 @@
 small inputs, input ranges, frozen and never-saved VGG, and the missing-asset error."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +18,20 @@ STYLE = 250.0
 RTOL_SCALAR = 1e-5        # README §7: loss scalars
 RTOL_TERMS_F32 = 1e-2     # README §7: per-term arrays in float32
 # The deep-layer terms are ~1e-7..1e-8 differences of near-cancelled activations (rank-2 fill,
-# README §2): in float32 they depend on the conv algorithm (observed up to 5e-2 relative on the
-# 5.6e-8 term at scale 3 / relu_5_1, i.e. 3e-9 absolute). Allow that absolute slack in float32 only.
-ATOL_TERMS_F32 = 5e-9
-RTOL_F64 = 1e-8
+# README section 2). In float32 they depend on the convolution algorithm: oneDNN's AVX2 kernels on
+# this machine put the 5.6e-8 term (scale 3 / relu_5_1) 5e-2 off, the plain convolution 3e-3 off.
+# The float32 comparison therefore runs with oneDNN off; the README's 1e-2 then holds for every term.
+RTOL_F64 = 1e-9          # README §7: everything in float64
+
+
+@contextmanager
+def _without_onednn():
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +59,21 @@ def case_inputs(case, vectors, dtype):
 def test_matches_reference_float32(case, vectors, extractor):
     pv, _ = vectors
     x, y = case_inputs(case, vectors, torch.float32)
-    with torch.no_grad():
+    with torch.no_grad(), _without_onednn():
         b = PerceptualLoss(extractor, style_weight=STYLE).breakdown(x, y)
     assert b.used.all()
     np.testing.assert_allclose(b.total.item(), pv[f"{case}_final_loss"], rtol=RTOL_SCALAR)
     # The warp configuration (style off) is the perceptual sum of the same evaluation.
     np.testing.assert_allclose(b.perceptual.sum().item(), pv[f"{case}_warp_loss"], rtol=RTOL_SCALAR)
     np.testing.assert_allclose(b.perceptual.double().numpy(), pv[f"{case}_final_perceptual_terms"],
-                               rtol=RTOL_TERMS_F32, atol=ATOL_TERMS_F32)
+                               rtol=RTOL_TERMS_F32)
     np.testing.assert_allclose(b.style.double().numpy(), pv[f"{case}_final_style_terms"], rtol=RTOL_TERMS_F32)
     np.testing.assert_allclose(2.5 * pv["genwarp_warp_loss"], pv["runner_weighted_warp"], rtol=1e-12)
 
 
 @pytest.mark.slow
 def test_matches_reference_float64(vectors, extractor):
-    """float64 (weights filled in float32, upcast): every term to 1e-8 relative, deep ones included."""
+    """float64 (weights filled in float32, upcast): every term to 1e-9 relative, deep ones included."""
     pv, _ = vectors
     x, y = case_inputs("standalone", vectors, torch.float64)
     ext64 = VGG19FeatureExtractor(fill_module(build_vgg19_features(30), "sine")).double()
