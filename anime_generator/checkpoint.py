@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from edtn.assets import resolve_asset
 from edtn.runtime import unwrap_model
-from edtn.state_dict import format_keys, state_dict_problems, strip_wrapper_prefixes
+from edtn.state_dict import format_keys, load_torch_file, state_dict_problems, strip_wrapper_prefixes
 
 from .config import GeneratorConfig
 from .model import AnimeGenerator
@@ -121,26 +120,16 @@ def check_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- file IO
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``; falls back (with a warning) to a full unpickle
-    for checkpoints that pickle non-tensor objects (e.g. Lightning hyper-parameters).
+    """Read a checkpoint with :func:`edtn.state_dict.load_torch_file` (safe load first, a warned
+    full unpickle for Lightning files that pickle hyper-parameters).
 
-    Only use the fallback on files you trust: unpickling can run code.
     Raises :class:`CheckpointError` naming the file when it cannot be read (truncated, foreign).
     """
-    path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - classify below
-        if "weights_only" not in str(exc) and "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt "
-                                  f"or not a checkpoint): {type(exc).__name__}: {str(exc)[:300]}") from exc
-        _logger.warning("%s holds pickled non-tensor objects; loading with weights_only=False "
-                        "(only do this for files you trust)", path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: "
-                              f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        return load_torch_file(path, map_location=map_location)
+    except Exception as exc:  # noqa: BLE001 - any reader error means an unusable file
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt "
+                              f"or not a checkpoint): {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def load_generator(path: str | os.PathLike | None = None, use_ema: bool = True,

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
 from edtn.assets import resolve_asset
-from edtn.state_dict import state_dict_problems, strip_wrapper_prefixes
+from edtn.state_dict import load_torch_file, state_dict_problems, strip_wrapper_prefixes
 
 __all__ = [
     "INPUT_SIZE",
@@ -226,16 +225,6 @@ def load_encoder_state(model: nn.Module, state: Mapping[str, Any], source: str =
     return model
 
 
-def _torch_load(path: os.PathLike, map_location) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Trainer checkpoints may pickle config objects next to the weights; only do this for a file
-        # the user pointed us to (resolve_asset), and say so.
-        _logger.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-        return torch.load(path, map_location=map_location, weights_only=False)
-
-
 def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu",
                          with_detail: bool = False):
     """Build DECA encoder(s) from the official ``deca_model.tar``.
@@ -260,7 +249,7 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
 
     device = resolve_device(device)
     found = resolve_asset("deca_model", path)
-    checkpoint = _torch_load(found, map_location=device)
+    checkpoint = load_torch_file(found, map_location=device)
     wanted = [(FLAME_ENTRY, FLAME_PARAM_DIM)] + ([(DETAIL_ENTRY, DETAIL_DIM)] if with_detail else [])
     if not isinstance(checkpoint, Mapping):
         raise DecaCheckpointError(f"{found}: expected a dict with {[w for w, _ in wanted]}, got {type(checkpoint).__name__}")

@@ -86,12 +86,9 @@ class AssetStatus:
 
 # ----------------------------------------------------------------------------- content checks
 def _torch_load_cpu(path: Path):
-    import torch
+    from edtn.state_dict import load_torch_file  # imports torch: keep it out of module import
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # older checkpoints pickle argparse Namespaces / Lightning AttributeDicts
-        return torch.load(path, map_location="cpu", weights_only=False)
+    return load_torch_file(path, map_location="cpu")
 
 
 def _check_flame(path: Path) -> str:

@@ -1,6 +1,8 @@
-"""Checkpoint key handling shared by every loader (EDTN, DECA encoder, anime generator).
+"""Checkpoint reading and key handling shared by every loader (EDTN, DECA encoder, anime generator).
 
-Two small pure functions, in the spirit of timm's ``clean_state_dict`` and strict loading:
+:func:`load_torch_file` reads a checkpoint safely (``weights_only``) and falls back, with a warning,
+for the authors' files that pickle config objects next to the weights. Two small pure functions,
+in the spirit of timm's ``clean_state_dict`` and strict loading, then check the keys:
 
 * :func:`strip_wrapper_prefixes` removes the ``module.`` (DistributedDataParallel) and
   ``_orig_mod.`` (``torch.compile``) prefixes a saved state dict may carry;
@@ -10,14 +12,37 @@ Two small pure functions, in the spirit of timm's ``clean_state_dict`` and stric
 """
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 from typing import Any, Iterable, Mapping
 
 import torch
 
-__all__ = ["WRAPPER_PREFIXES", "strip_wrapper_prefixes", "format_keys", "state_dict_problems"]
+__all__ = ["WRAPPER_PREFIXES", "load_torch_file", "strip_wrapper_prefixes", "format_keys",
+           "state_dict_problems"]
+
+_logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_KEYS_LISTED = 12
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, map_location)`` with ``weights_only=True``.
+
+    Trainer checkpoints (DECA's tar, Lightning ``.ckpt``) may pickle argparse Namespaces or
+    hyper-parameter dicts next to the weights, which the safe loader refuses
+    (``pickle.UnpicklingError``). Such a file is then loaded fully, with a logged warning: only
+    files the user pointed us to get here, but unpickling can run code. Other errors (a missing,
+    truncated or foreign file) propagate unchanged.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        _logger.warning("%s holds pickled non-tensor objects; loading it with weights_only=False "
+                        "(only do this for files you trust)", path)
+        return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
