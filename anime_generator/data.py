@@ -44,6 +44,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edtn.runtime import atomic_path
+from edtn.video_io import COMPOSITE_MODES, composite_rgba
 
 __all__ = [
     "POSE_DIM",
@@ -71,7 +72,6 @@ POSE_DIM = 20                       # 17 morphs in [0,1] + 3 angles in degrees
 CSV_POSE_START = 3                  # pose columns 3..22 of combined_pose.csv (by position)
 DECA_KEYS = ("shape", "exp", "pose")  # concatenated: 100 + 50 + 6
 DECA_CODE_DIM = 156
-COMPOSITE_MODES = ("round", "original")
 RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
                   "area": Image.BOX, "nearest": Image.NEAREST}
 UINT8_MAX = 255
@@ -81,39 +81,6 @@ SPLIT_DIRS = {"train": "train", "valid": "test", "test": "test"}
 
 
 # ----------------------------------------------------------------------------- pixels
-def composite_rgba(image: np.ndarray, background: Sequence[int] = (255, 255, 255),
-                   mode: str = "round") -> np.ndarray:
-    """Composite an (H,W,4) uint8 RGBA image over a solid background; (H,W,3) passes through.
-
-    Args:
-        image: (H,W,4) or (H,W,3) uint8.
-        background: RGB of the background, 0..255.
-        mode: ``round`` computes ``c·a + bg·(1−a)`` in float64 and rounds to nearest.
-            ``original`` reproduces skimage ``rgba2rgb`` as the reference used it: float32
-            arithmetic and truncation by ``astype(uint8)``.
-
-    Returns:
-        (H,W,3) uint8.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"composite_rgba expects (H,W,3|4) uint8, got {image.shape} {image.dtype}")
-    if mode not in COMPOSITE_MODES:
-        raise ValueError(f"composite mode must be one of {COMPOSITE_MODES}, got {mode!r}")
-    if len(background) != 3:
-        raise ValueError(f"background must have 3 values (RGB), got {list(background)}")
-    if image.shape[2] == 3:
-        return image
-    rgb, alpha = image[..., :3], image[..., 3:]
-    if mode == "original":
-        a = alpha.astype(np.float32) / np.float32(UINT8_MAX)
-        bg = np.asarray(background, dtype=np.float32)
-        out = rgb * a + (np.float32(1.0) - a) * bg
-        return out.astype(np.uint8)
-    a = alpha.astype(np.float64) / UINT8_MAX
-    out = rgb * a + (1.0 - a) * np.asarray(background, dtype=np.float64)
-    return np.clip(np.rint(out), 0, UINT8_MAX).astype(np.uint8)
-
-
 def load_rgb(path: str | os.PathLike, background: Sequence[int] = (255, 255, 255),
              composite: str = "round", size: Optional[int] = None, resize_filter: str = "bilinear") -> np.ndarray:
     """Read an image file as (H,W,3) uint8 RGB: alpha composited, optionally resized to size².

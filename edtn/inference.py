@@ -41,8 +41,7 @@ from edtn.assets import resolve_asset
 from edtn.pose import PoseOptions, build_pose_sequence, pose_table
 from edtn.render import LAYOUTS, compose_grid, render_mesh
 from edtn.runtime import atomic_path, resolve_device
-from edtn.video_io import (FrameWriter, DrivingSource, check_output_path, composite_over,
-                           open_driving, to_rgb)
+from edtn.video_io import FrameWriter, DrivingSource, check_output_path, open_driving, read_image
 
 __all__ = [
     "RENDER_MODES",
@@ -59,6 +58,7 @@ log = logging.getLogger(__name__)
 RENDER_MODES = ("anime", "none")
 GENERATOR_STYLES = ("default", "cartoon")
 SOURCE_COMPOSITES = ("round", "truncate")
+_COMPOSITE_MODE = {"round": "round", "truncate": "original"}  # config name -> composite_rgba mode
 DEFAULT_FPS = 25.0                 # VoxCeleb frame rate; used for inputs without one
 DECA_CROP_SIZE = 224
 CODE156_GLOBAL = slice(150, 153)   # DECA global head rotation (axis-angle) inside code156
@@ -74,35 +74,13 @@ def load_source_image(path: str | Path, size: int, composite: str = "round") -> 
             ``truncate`` (original ``rgba2rgb``: float32 ``c·a + (1−a)·255`` then ``astype(uint8)``).
     """
     import cv2
-    import imageio.v3 as iio
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"source image not found: {path}")
     if composite not in SOURCE_COMPOSITES:
         raise ValueError(f"source_composite must be one of {SOURCE_COMPOSITES}, got {composite!r}")
-    try:
-        img = np.asarray(iio.imread(path))
-    except Exception as exc:  # noqa: BLE001 - decoder errors mean a bad file
-        raise ValueError(f"cannot read source image {path}: {exc}") from exc
-    if img.ndim == 4:
-        img = img[0]
-    if img.dtype != np.uint8:
-        img = to_rgb(img, str(path))
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.shape[-1] == 2:
-        img = np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, -1)
-    if img.shape[-1] == 4:
-        if composite == "round":
-            img = composite_over(img)
-        else:
-            alpha = img[..., 3:4].astype(np.float32) / np.float32(255.0)
-            img = (img[..., :3] * alpha + (np.float32(1.0) - alpha) * np.float32(255.0)).astype(np.uint8)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"source image {path}: unsupported shape {img.shape}")
+    img = read_image(path, composite=_COMPOSITE_MODE[composite])
     h, w = img.shape[:2]
     if h != w:
         side = max(h, w)

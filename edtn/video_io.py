@@ -25,7 +25,8 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "DrivingSource",
     "to_rgb",
-    "composite_over",
+    "COMPOSITE_MODES",
+    "composite_rgba",
     "open_driving",
     "read_image",
     "check_output_path",
@@ -39,24 +40,53 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg")
 WRITE_VIDEO_EXTENSIONS = (".mp4", ".gif")
 WHITE = 255
+UINT8_MAX = 255
+COMPOSITE_MODES = ("round", "original")  # original: skimage rgba2rgb as the reference used it
 MP4_CODEC = "libx264"
 MP4_PIXEL_FORMAT = "yuv420p"      # widest player support; needs even width and height
 MP4_QUALITY_CRF = "18"
 GIF_TICK_MS = 10                  # GIF frame delays are stored in 1/100 s
 
 
-def composite_over(rgba: np.ndarray, background: int = WHITE) -> np.ndarray:
-    """RGBA uint8 (H,W,4) → RGB uint8 over a constant background, ``round(c·a + bg·(1−a))``."""
-    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
-    rgb = rgba[..., :3].astype(np.float64) * alpha + float(background) * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+def composite_rgba(image: np.ndarray, background: Sequence[int] = (WHITE, WHITE, WHITE),
+                   mode: str = "round") -> np.ndarray:
+    """Composite an (H,W,4) uint8 RGBA image over a solid background; (H,W,3) passes through.
+
+    Args:
+        image: (H,W,4) or (H,W,3) uint8.
+        background: RGB of the background, 0..255.
+        mode: ``round`` computes ``c·a + bg·(1−a)`` in float64 and rounds to nearest.
+            ``original`` reproduces skimage ``rgba2rgb`` as the reference used it: float32
+            arithmetic and truncation by ``astype(uint8)``.
+
+    Returns:
+        (H,W,3) uint8.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"composite_rgba expects (H,W,3|4) uint8, got {image.shape} {image.dtype}")
+    if mode not in COMPOSITE_MODES:
+        raise ValueError(f"composite mode must be one of {COMPOSITE_MODES}, got {mode!r}")
+    if len(background) != 3:
+        raise ValueError(f"background must have 3 values (RGB), got {list(background)}")
+    if image.shape[2] == 3:
+        return image
+    rgb, alpha = image[..., :3], image[..., 3:]
+    if mode == "original":
+        a = alpha.astype(np.float32) / np.float32(UINT8_MAX)
+        bg = np.asarray(background, dtype=np.float32)
+        out = rgb * a + (np.float32(1.0) - a) * bg
+        return out.astype(np.uint8)
+    a = alpha.astype(np.float64) / UINT8_MAX
+    out = rgb * a + (1.0 - a) * np.asarray(background, dtype=np.float64)
+    return np.clip(np.rint(out), 0, UINT8_MAX).astype(np.uint8)
 
 
-def to_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
+def to_rgb(image: np.ndarray, where: str = "image", composite: str = "round") -> np.ndarray:
     """Any decoded image → RGB uint8 (H,W,3).
 
-    Grayscale (H,W) or (H,W,1) is replicated, RGBA / LA is composited over white with rounding,
-    16-bit and float [0,1] images are rescaled to uint8.
+    Grayscale (H,W) or (H,W,1) is replicated, RGBA / LA is composited over white
+    (:func:`composite_rgba` with mode ``composite``), 16-bit and float [0,1] images are rescaled
+    to uint8.
     """
     img = np.asarray(image)
     if img.dtype == np.uint16:
@@ -75,16 +105,18 @@ def to_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
     if channels == 1:
         return np.repeat(img, 3, axis=-1)
     if channels == 2:  # gray + alpha
-        return composite_over(np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1))
+        return composite_rgba(np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1),
+                              mode=composite)
     if channels == 3:
         return np.ascontiguousarray(img)
     if channels == 4:
-        return composite_over(img)
+        return composite_rgba(img, mode=composite)
     raise ValueError(f"{where}: unsupported number of channels {channels}")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file as RGB uint8 (H,W,3); a clear ``ValueError`` if it cannot be decoded."""
+def read_image(path: str | os.PathLike, composite: str = "round") -> np.ndarray:
+    """Read one image file as RGB uint8 (H,W,3) (alpha composited over white by ``composite``, see
+    :func:`to_rgb`); a clear ``ValueError`` if it cannot be decoded."""
     import imageio.v3 as iio
 
     path = Path(path)
@@ -96,7 +128,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
     if img.ndim == 4:  # multi-frame image (animated PNG, ...): take the first frame
         img = img[0]
-    return to_rgb(img, str(path))
+    return to_rgb(img, str(path), composite=composite)
 
 
 @dataclass
