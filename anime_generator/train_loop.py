@@ -25,14 +25,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from edtn.distributed import DistInfo, cleanup_distributed, init_distributed
 from edtn.runtime import (atomic_save, capture_rng_state, find_resume_checkpoint, resolve_device,
-                          restore_rng_state, seed_everything)
+                          resolve_run_dir, restore_rng_state, seed_everything)
 
 from .checkpoint import checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
 from .config import GeneratorConfig
@@ -49,6 +48,7 @@ __all__ = ["init_weights", "set_stage", "stage_for_epoch", "update_ema", "bidire
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
+DEFAULT_RUN_DIR = "outputs/train_ag"   # used only when neither run_dir nor Hydra gives one
 AUTOCAST_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
@@ -186,44 +186,17 @@ def build_loaders(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any]:
 
 
 # ----------------------------------------------------------------------------- checkpoint state
-def _rng_to_plain(state: dict[str, Any]) -> dict[str, Any]:
-    """RNG states in a form ``torch.load(weights_only=True)`` accepts (no NumPy objects)."""
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    out = dict(state)
-    out["numpy"] = {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                    "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    return out
-
-
-def _rng_from_plain(state: dict[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    n = state["numpy"]
-    out["numpy"] = (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    return out
-
-
 def training_state(generator: nn.Module, ema: nn.Module, optimizer, scheduler, scaler, *, epoch: int,
                    step: int, stage: Stage, cfg: DictConfig) -> dict[str, Any]:
     """Our checkpoint (``format: edtn-generator/1``) plus the training state; ``epoch`` = epochs done."""
     return generator_checkpoint(
         generator, ema, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        epoch=epoch, step=step, stage=Stage(stage).value, rng=_rng_to_plain(capture_rng_state()),
+        epoch=epoch, step=step, stage=Stage(stage).value, rng=capture_rng_state(),
         config=to_plain_dict(cfg))
 
 
 # ----------------------------------------------------------------------------- logging helpers
-def _resolve_run_dir(cfg: DictConfig) -> Path:
-    if cfg.run_dir:
-        return Path(cfg.run_dir).expanduser().resolve()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir).resolve()
-    except Exception:  # noqa: BLE001 - not running under Hydra
-        return Path("outputs/train_ag").resolve()
-
-
 @torch.no_grad()
 def _image_grid(ema: AnimeGenerator, images, poses, targets, stage: Stage, samples: int) -> torch.Tensor:
     """Rows of source | driving (= ground truth) | warp | fake | |fake − gt| (EMA generator).
@@ -262,7 +235,7 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, Any]:
-    run_dir = _resolve_run_dir(cfg)
+    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / "checkpoints"
     seed_everything(cfg.seed)
     if info.is_main:
@@ -301,7 +274,7 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
         if state.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         start_epoch, step, stage = int(state["epoch"]), int(state["step"]), Stage(state["stage"])
-        restore_rng_state(_rng_from_plain(state["rng"]))
+        restore_rng_state(state["rng"])
         if info.is_main:
             log.info("resumed from %s: epoch %d, step %d, stage %s", resume, start_epoch, step, stage.value)
 

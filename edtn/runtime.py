@@ -24,6 +24,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "find_resume_checkpoint",
+    "resolve_run_dir",
     "unwrap_model",
     "exit_on_user_error",
 ]
@@ -87,10 +88,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """RNG states of Python, NumPy, torch CPU and (if present) CUDA, for exact resume."""
+    """RNG states of Python, NumPy, torch CPU and (if present) CUDA, for exact resume.
+
+    Only ints, tuples, strings and tensors, so a checkpoint holding it loads with
+    ``torch.load(weights_only=True)`` (NumPy's key array is stored as an int64 tensor).
+    """
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -101,7 +108,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     random.setstate(_as_python_rng_state(state["python"]))
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
     torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]])
@@ -111,6 +120,19 @@ def _as_python_rng_state(state: Any) -> tuple:
     # After a round trip through torch.save the inner tuple may come back as a list.
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+def resolve_run_dir(run_dir: Optional[str], default: str | os.PathLike) -> Path:
+    """Where a training run writes: ``run_dir`` from the config, else Hydra's output dir, else
+    ``default`` (outside ``@hydra.main``, e.g. a test calling ``run(cfg)``). Absolute."""
+    if run_dir:
+        return Path(run_dir).expanduser().resolve()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir).resolve()
+    except ValueError:  # HydraConfig not set: not inside @hydra.main
+        return Path(default).resolve()
 
 
 def find_resume_checkpoint(resume: Optional[str], checkpoint_dir: str | os.PathLike,

@@ -30,10 +30,10 @@ from edtn.losses import GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from edtn.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
-                          find_resume_checkpoint, resolve_device, restore_rng_state, seed_everything,
-                          unwrap_model)
+                          find_resume_checkpoint, resolve_device, resolve_run_dir, restore_rng_state,
+                          seed_everything, unwrap_model)
 
-__all__ = ["run", "build_geometry_loss", "evaluate", "resolve_run_dir", "save_checkpoint",
+__all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def run(cfg: Any) -> dict:
     except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
         raise
     except Exception:
-        log.exception("EDTN training failed (run dir %s)", resolve_run_dir(cfg))
+        log.exception("EDTN training failed (run dir %s)", resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
         raise
     finally:
         cleanup_distributed()
@@ -69,7 +69,7 @@ def run(cfg: Any) -> dict:
 
 def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     main = dist.is_main
-    run_dir = resolve_run_dir(cfg)
+    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / CHECKPOINT_SUBDIR
     log_handler = _start_logging(run_dir) if main else None
     if main:
@@ -150,7 +150,7 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
         optimizer.load_state_dict(ckpt["optim"])
         epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         best_val = ckpt["best_val"]
-        restore_rng_state(_rng_from_checkpoint(ckpt["rng"]))
+        restore_rng_state(ckpt["rng"])
         train_loader.generator.set_state(ckpt["loader_generator"])
         if main:
             log.info("resumed from %s at epoch %d, batch %d, step %d", resume_path, epoch,
@@ -285,18 +285,6 @@ def evaluate(model: torch.nn.Module, loader, loss_fn: GeometryLoss, device: torc
     return {k: float(sums[i]) / count for i, k in enumerate(LOSS_TERMS)}
 
 
-def resolve_run_dir(cfg: DictConfig) -> Path:
-    """``cfg.run_dir``, else Hydra's output dir, else :data:`DEFAULT_RUN_DIR`."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir).expanduser()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not inside @hydra.main
-        return DEFAULT_RUN_DIR
-
-
 # ============================================================================= checkpoints
 def save_checkpoint(path: Path, model, optimizer, loader, cfg: DictConfig, *, epoch: int,
                     batch_in_epoch: int, step: int, best_val: float) -> Path:
@@ -310,7 +298,7 @@ def save_checkpoint(path: Path, model, optimizer, loader, cfg: DictConfig, *, ep
         "batch_in_epoch": batch_in_epoch,  # batches of that epoch already trained on
         "step": step,
         "best_val": best_val,
-        "rng": _rng_to_checkpoint(capture_rng_state()),
+        "rng": capture_rng_state(),
         "loader_generator": loader.generator.get_state(),
         "config": to_plain_dict(cfg),
     }, path)
@@ -324,18 +312,6 @@ def load_checkpoint(path: Path) -> dict:
                          f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}); to start from weights only use model.init=")
     return ckpt
-
-
-def _rng_to_checkpoint(state: dict) -> dict:
-    # NumPy's state holds an ndarray, which weights_only loading refuses: store it as a tensor.
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    return {**state, "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
-                               int(has_gauss), float(cached)]}
-
-
-def _rng_from_checkpoint(state: dict) -> dict:
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    return {**state, "numpy": (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
 
 
 # ============================================================================= logging
