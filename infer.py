@@ -4,15 +4,15 @@
     python infer.py driving=codes/ render=none pose_csv=poses.csv
 
 User-facing errors (a missing asset, a bad input file, a wrong option) print one message and exit
-with status 1 -- no traceback (edtn.runtime.exit_on_user_error).
+with status 1 -- no traceback (infra.runtime.exit_on_user_error).
 """
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
-from edtn.inference import run
-from edtn.runtime import exit_on_user_error
+from reenact.pipeline import run
+from infra.runtime import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")

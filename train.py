@@ -9,11 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 import edtn.config  # noqa: F401  (registers the typed schema before Hydra composes)
-from edtn.runtime import exit_on_user_error
+from infra.runtime import exit_on_user_error
 from edtn.train_loop import run
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs/edtn", config_name="train")
 def main(cfg: DictConfig) -> float:
     return exit_on_user_error("train.py", run, cfg)["best_val"]
 

@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 
 import anime_generator.train_config  # noqa: F401 - registers the config schema
 from anime_generator.train_loop import run
-from edtn.runtime import exit_on_user_error
+from infra.runtime import exit_on_user_error
 
 log = logging.getLogger("train_ag")
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train_ag")
+@hydra.main(version_base="1.3", config_path="configs/anime_generator", config_name="train_ag")
 def main(cfg: DictConfig) -> None:
     summary = exit_on_user_error("train_ag.py", run, cfg)
     log.info("done: %s (last checkpoint %s)", summary["run_dir"], summary["last_checkpoint"])

@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from edtn.assets import resolve_asset
-from edtn.runtime import unwrap_model
-from edtn.state_dict import format_keys, load_torch_file, state_dict_problems, strip_wrapper_prefixes
+from infra.assets import resolve_asset
+from infra.runtime import unwrap_model
+from infra.checkpoint import format_keys, load_torch_file, state_dict_problems, strip_wrapper_prefixes
 
 from .config import GeneratorConfig
 from .model import AnimeGenerator
@@ -120,7 +120,7 @@ def check_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- file IO
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Read a checkpoint with :func:`edtn.state_dict.load_torch_file` (safe load first, a warned
+    """Read a checkpoint with :func:`infra.checkpoint.load_torch_file` (safe load first, a warned
     full unpickle for Lightning files that pickle hyper-parameters).
 
     Raises :class:`CheckpointError` naming the file when it cannot be read (truncated, foreign).
@@ -139,7 +139,7 @@ def load_generator(path: str | os.PathLike | None = None, use_ema: bool = True,
 
     Args:
         path: checkpoint path; ``None`` looks the asset up in the cache
-            (``edtn.assets.resolve_asset(asset, path)``; raises ``AssetError`` naming the file).
+            (``infra.assets.resolve_asset(asset, path)``; raises ``AssetError`` naming the file).
         use_ema: prefer EMA weights when present (see :func:`checkpoint_filter_fn`).
         device: where the model and the loaded tensors go (``map_location``).
         config: architecture/behaviour; default: the checkpoint's ``generator_config`` when it
@@ -170,7 +170,7 @@ def generator_checkpoint(generator: torch.nn.Module, generator_ema: torch.nn.Mod
     """Our checkpoint dict ``{'format', 'generator', 'generator_ema', 'generator_config', **extra}``.
 
     Wrappers (DDP ``module``, ``torch.compile``) are unwrapped; no VGG weights are included.
-    Save it with ``edtn.runtime.atomic_save``.
+    Save it with ``infra.runtime.atomic_save``.
     """
     generator = unwrap_model(generator)
     out = {"format": OUR_FORMAT, "generator": generator.state_dict(),

@@ -43,8 +43,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from edtn.runtime import atomic_path
-from edtn.video_io import COMPOSITE_MODES, composite_rgba
+from infra.runtime import atomic_path
+from infra.image_io import COMPOSITE_MODES, composite_rgba
 
 __all__ = [
     "POSE_DIM",

@@ -23,7 +23,7 @@ Input range (``input_range``):
   the correct choice when both the prediction and the target are in [0, 1].
 
 The VGG19 weights are ImageNet weights read from torchvision's cache through
-:func:`edtn.assets.resolve_asset` (asset ``vgg19``, file ``vgg19-dcbb9e9d.pth``); nothing is ever
+:func:`infra.assets.resolve_asset` (asset ``vgg19``, file ``vgg19-dcbb9e9d.pth``); nothing is ever
 downloaded here. The network is frozen (``requires_grad=False``), stays in eval mode, and its
 tensors are stored as non-persistent buffers, so it never appears in any state dict or checkpoint.
 """
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edtn.assets import AssetError, resolve_asset
+from infra.assets import AssetError, resolve_asset
 
 __all__ = [
     "VGG19_CFG",
@@ -93,7 +93,7 @@ def load_vgg19_features(path: str | os.PathLike | None = None,
 
     Args:
         path: explicit ``vgg19-dcbb9e9d.pth`` (a config value); ``None`` looks in ``$EDTN_HOME`` and
-            ``$TORCH_HOME/hub/checkpoints`` (see :func:`edtn.assets.resolve_asset`).
+            ``$TORCH_HOME/hub/checkpoints`` (see :func:`infra.assets.resolve_asset`).
         num_modules: as in :func:`build_vgg19_features`.
 
     Raises:

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from edtn.typed_config import merge_into_schema, to_plain_dict
+from infra.typed_config import merge_into_schema, to_plain_dict
 
 from .config import GeneratorConfig
 
@@ -109,7 +109,7 @@ class LossConfig:
     layer_weights: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0, 1.0])
     input_range: LossInputRange = LossInputRange.original
     min_feature_size: int = 1
-    vgg_path: Optional[str] = None        # null: torchvision cache via edtn.assets (vgg19)
+    vgg_path: Optional[str] = None        # null: torchvision cache via infra.assets (vgg19)
 
 
 @dataclass

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from edtn.distributed import DistInfo, cleanup_distributed, init_distributed
-from edtn.runtime import (atomic_save, capture_rng_state, find_resume_checkpoint, resolve_device,
+from infra.distributed import DistInfo, cleanup_distributed, init_distributed
+from infra.runtime import (atomic_save, capture_rng_state, find_resume_checkpoint, resolve_device,
                           resolve_run_dir, restore_rng_state, seed_everything)
 
 from .checkpoint import checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file

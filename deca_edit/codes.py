@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from edtn.runtime import atomic_path
+from infra.runtime import atomic_path
 
 __all__ = [
     "CODE_SHAPES",

@@ -17,7 +17,7 @@ S3FD boxes, which include the forehead; dlib's HOG boxes start at the eyebrows s
 mean of the box width and height, times ``scale`` = 1.25.
 
 Detectors (:func:`make_detector`): face-alignment's S3FD when its weights are present (asset
-``face_detector`` via :func:`edtn.assets.resolve_asset`; never downloaded at run time), else dlib's
+``face_detector`` via :func:`infra.assets.resolve_asset`; never downloaded at run time), else dlib's
 built-in HOG frontal-face detector (no model file) with a warning. OpenCV 5 has no Haar cascades.
 When several faces are found the largest box is used.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edtn.assets import AssetError, resolve_asset
+from infra.assets import AssetError, resolve_asset
 
 __all__ = [
     "CROP_SIZE",
@@ -226,7 +226,7 @@ class SfdFaceDetector:
         threshold: minimum detection score.
 
     Raises:
-        edtn.assets.AssetError: the weights are not present (nothing is downloaded).
+        infra.assets.AssetError: the weights are not present (nothing is downloaded).
     """
 
     name = "face_alignment"

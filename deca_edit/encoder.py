@@ -21,8 +21,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from edtn.assets import resolve_asset
-from edtn.state_dict import load_torch_file, state_dict_problems, strip_wrapper_prefixes
+from infra.assets import resolve_asset
+from infra.checkpoint import load_torch_file, state_dict_problems, strip_wrapper_prefixes
 
 __all__ = [
     "INPUT_SIZE",
@@ -230,7 +230,7 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
     """Build DECA encoder(s) from the official ``deca_model.tar``.
 
     Args:
-        path: the file; ``None`` looks it up through ``edtn.assets.resolve_asset('deca_model')``
+        path: the file; ``None`` looks it up through ``infra.assets.resolve_asset('deca_model')``
             (``$EDTN_HOME/deca_model.tar``).
         device: where to put the encoders; the file is read with ``map_location`` so a CUDA-saved
             checkpoint loads on a CPU-only machine.
@@ -241,11 +241,11 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
         ``with_detail``.
 
     Raises:
-        edtn.assets.AssetError: the file is missing (names ``deca_model.tar`` and where to get it).
+        infra.assets.AssetError: the file is missing (names ``deca_model.tar`` and where to get it).
         DecaCheckpointError: the file is not a DECA checkpoint or an entry does not match the
             encoder strictly (lists the missing / unexpected / mis-shaped keys).
     """
-    from edtn.runtime import resolve_device
+    from infra.runtime import resolve_device
 
     device = resolve_device(device)
     found = resolve_asset("deca_model", path)

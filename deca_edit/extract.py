@@ -34,7 +34,7 @@ from deca_edit.codes import (CODE_SHAPES, COARSE_KEYS, DEFAULT_PACK_COLUMNS, wri
                              write_packed_codes)
 from deca_edit.crop import CROP_SCALE, FaceBox, FaceDetector, crop_face, to_rgb_uint8
 from deca_edit.encoder import decompose
-from edtn.runtime import atomic_path, resolve_device
+from infra.runtime import atomic_path, resolve_device
 
 __all__ = [
     "VIDEO_SUFFIXES",

@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from edtn.typed_config import merge_into_schema, to_plain_dict
+from infra.typed_config import merge_into_schema, to_plain_dict
 
 __all__ = [
     "LossImpl",

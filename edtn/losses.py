@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from deca_edit.flame import orthographic_projection
-from edtn.assets import resolve_asset
+from infra.assets import resolve_asset
 
 __all__ = [
     "N_MORPHS",

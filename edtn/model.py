@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from deca_edit.codes import edtn_input_from_code156  # re-exported for convenience
-from edtn.assets import resolve_asset
-from edtn.runtime import atomic_save, unwrap_model
-from edtn.state_dict import format_keys, state_dict_problems, strip_wrapper_prefixes
+from infra.assets import resolve_asset
+from infra.runtime import atomic_save, unwrap_model
+from infra.checkpoint import format_keys, state_dict_problems, strip_wrapper_prefixes
 
 __all__ = [
     "EDTN",
@@ -114,7 +114,7 @@ def load_edtn(path: Union[str, os.PathLike, None] = None,
 
     Args:
         path: ``EDTN.pt`` or one of our training checkpoints; ``None`` looks up the
-            ``edtn_weights`` asset in the cache (``edtn.assets.resolve_asset``).
+            ``edtn_weights`` asset in the cache (``infra.assets.resolve_asset``).
         device: where the model lives.
     Raises:
         AssetError: the file does not exist. ValueError: a key is missing / unexpected / has the

@@ -22,14 +22,14 @@ import torch.distributed as torch_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from edtn.assets import resolve_asset
+from infra.assets import resolve_asset
 from edtn.config import to_plain_dict, validate_config
 from edtn.data import CodeFrames, build_loader, open_split, real_targets_for
-from edtn.distributed import DistInfo, cleanup_distributed, init_distributed
+from infra.distributed import DistInfo, cleanup_distributed, init_distributed
 from edtn.losses import GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
-from edtn.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
+from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
                           find_resume_checkpoint, resolve_device, resolve_run_dir, restore_rng_state,
                           seed_everything, unwrap_model)
 

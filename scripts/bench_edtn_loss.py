@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from deca_edit.codes import edtn_input_from_code156, read_code_mat, code156  # noqa: E402
 from deca_edit.flame import FLAME  # noqa: E402
-from edtn.assets import resolve_asset_or_fallback  # noqa: E402
+from infra.assets import resolve_asset_or_fallback  # noqa: E402
 from edtn.losses import GeometryLoss  # noqa: E402
 from edtn.model import EDTN  # noqa: E402
 from edtn.optim import OPTIMIZER_IMPLS, make_optimizer, make_train_step  # noqa: E402
-from edtn.runtime import resolve_device  # noqa: E402
+from infra.runtime import resolve_device  # noqa: E402
 
 SHARED = Path(os.environ.get("EDTN_SHARED", REPO_ROOT.parent / "shared"))
 SYNTHETIC_MODEL = SHARED / "reference" / "parity" / "flame_deca" / "synthetic_generic_model.pkl"

@@ -26,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from deca_edit.flame import FLAME  # noqa: E402
-from edtn.assets import resolve_asset_or_fallback  # noqa: E402
-from edtn.runtime import resolve_device  # noqa: E402
+from infra.assets import resolve_asset_or_fallback  # noqa: E402
+from infra.runtime import resolve_device  # noqa: E402
 
 SHARED = Path(os.environ.get("EDTN_SHARED", REPO_ROOT.parent / "shared"))
 SYNTHETIC_MODEL = SHARED / "reference" / "parity" / "flame_deca" / "synthetic_generic_model.pkl"

@@ -8,7 +8,7 @@ aligned mode (no detection). The source image is ``--source`` (default: the auth
 or a synthetic one.
 
 For each batch size: every stage is timed on the same N frames (median of ``--repeats`` runs after
-one warm-up), then the whole pipeline (``edtn.inference.run``, writing an .mp4) is timed end to end.
+one warm-up), then the whole pipeline (``reenact.pipeline.run``, writing an .mp4) is timed end to end.
 
     python scripts/bench_infer.py --frames 16 --batch-sizes 1 8 --json bench_infer.json
 """
@@ -76,7 +76,7 @@ def _driving(folder: Path, args):
     """(driving path, aligned?, list of frames)."""
     import imageio.v3 as iio
 
-    from edtn.video_io import open_driving
+    from reenact.video_io import open_driving
 
     if args.video.is_file():
         src = open_driving(args.video, args.frames)
@@ -105,10 +105,10 @@ def _source(folder: Path, args) -> Path:
 def bench(args) -> dict:
     from deca_edit.crop import crop_face, make_detector
     from deca_edit.encoder import load_deca_checkpoint
-    from edtn.inference import load_source_image, run
+    from reenact.pipeline import load_source_image, run
     from edtn.model import load_edtn
-    from edtn.pose import PoseOptions, build_pose_sequence
-    from edtn.video_io import write_frames
+    from reenact.pose import PoseOptions, build_pose_sequence
+    from reenact.video_io import write_frames
     from anime_generator.checkpoint import load_generator
     from anime_generator.inference import prepare_for_inference
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from edtn.assets import ASSETS, asset_home, check_asset
+from infra.assets import ASSETS, asset_home, check_asset
 
 
 def main(argv: list[str] | None = None) -> int:

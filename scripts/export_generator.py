@@ -17,7 +17,7 @@ from anime_generator.checkpoint import (OUR_FORMAT, check_state_dict, checkpoint
                                         load_checkpoint_file)
 from anime_generator.config import GeneratorConfig
 from anime_generator.model import AnimeGenerator
-from edtn.runtime import atomic_save
+from infra.runtime import atomic_save
 
 
 def parse_args(argv=None) -> argparse.Namespace:

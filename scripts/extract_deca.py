@@ -27,7 +27,7 @@ from pathlib import Path
 from deca_edit.crop import CROP_SCALE, DETECTOR_CHOICES, make_detector
 from deca_edit.encoder import load_deca_checkpoint
 from deca_edit.extract import DEFAULT_BATCH_SIZE, parse_shard, run_extraction
-from edtn.assets import AssetError
+from infra.assets import AssetError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edtn.assets import ASSETS, AssetError, asset_home, resolve_asset, torch_hub_dir
-from edtn.download import DownloadError, download
+from infra.assets import ASSETS, AssetError, asset_home, resolve_asset, torch_hub_dir
+from infra.download import DownloadError, download
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from edtn.assets import ASSETS, AssetError, asset_home, check_asset, resolve_asset
-from edtn.download import DownloadError, download
+from infra.assets import ASSETS, AssetError, asset_home, check_asset, resolve_asset
+from infra.download import DownloadError, download
 
 REPO = Path(__file__).resolve().parents[1]
 

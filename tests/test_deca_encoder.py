@@ -9,7 +9,7 @@ import torch
 
 from deca_edit.crop import aligned_resize
 from deca_edit.encoder import (DecaCheckpointError, DecaEncoder, decompose, load_deca_checkpoint)
-from edtn.assets import AssetError
+from infra.assets import AssetError
 from helpers.weight_fill import fill_module
 
 VOX_FRAMES = ("0000000", "0000100", "0000200", "0000300")

@@ -15,7 +15,7 @@ from deca_edit.crop import (DlibFaceDetector, FaceBox, SfdFaceDetector, crop_fac
                             square_from_box, to_rgb_uint8)
 from deca_edit.encoder import DecaEncoder
 from deca_edit.extract import extract_codes, iter_video_frames, plan_jobs, read_image, run_extraction
-from edtn.assets import AssetError
+from infra.assets import AssetError
 from helpers.weight_fill import fill_module
 
 REPO = Path(__file__).resolve().parents[1]

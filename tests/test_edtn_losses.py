@@ -16,7 +16,7 @@ from edtn.losses import (EYE_PAIRS, LIP_PAIRS, REAL_SLICE_EYE, REAL_SLICE_LANDMA
                          REAL_SLICE_LIP, REAL_SLICE_PROJ, REAL_SLICE_RESIDUAL, REAL_TARGET_DIM,
                          GeometryLoss, LossWeights,
                          landmark_weights68, load_basis, pair_distances, project_landmarks)
-from edtn.assets import AssetError
+from infra.assets import AssetError
 from edtn.model import load_edtn
 
 # kit key of each of our loss terms

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edtn.assets import AssetError
+from infra.assets import AssetError
 from edtn.model import EDTN, checkpoint_filter_fn, edtn_input_from_code156, export_edtn, load_edtn
 from edtn.optim import make_optimizer, make_train_step
 

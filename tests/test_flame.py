@@ -19,7 +19,7 @@ import torch
 
 from deca_edit.flame import (FLAME, FlameOutput, batch_rodrigues, contour_lut_rows, lbs,
                              load_flame_model, orthographic_projection, yaw_from_rotation)
-from edtn.assets import AssetError
+from infra.assets import AssetError, resolve_asset
 
 GROUPS = ("random", "vox")
 OUTPUTS = ("vertices", "landmarks2d", "landmarks3d")
@@ -232,11 +232,12 @@ def test_landmark_maps_validate_inputs(flame):
         flame.landmarks3d_from_vertices(vertices[0])
 
 
-def test_missing_model_raises_asset_error(tmp_path, landmark_embedding_path):
-    with pytest.raises(AssetError, match="generic_model.pkl"):
+def test_flame_takes_explicit_paths(tmp_path, landmark_embedding_path):
+    """The layer opens exactly the files it is given (smplx-style); callers resolve assets."""
+    with pytest.raises(FileNotFoundError, match="generic_model.pkl"):
         FLAME(tmp_path / "nowhere" / "generic_model.pkl", landmark_embedding_path)
-    with pytest.raises(AssetError, match="generic_model.pkl"):  # empty asset cache
-        FLAME(None, landmark_embedding_path)
+    with pytest.raises(AssetError, match="generic_model.pkl"):  # the caller's lookup: empty cache
+        resolve_asset("flame_model")
 
 
 def _write_chumpy_pickle(path, monkeypatch, state):

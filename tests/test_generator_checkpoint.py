@@ -18,7 +18,7 @@ import torch
 from anime_generator import AnimeGenerator
 from anime_generator.checkpoint import (OUR_FORMAT, CheckpointError, checkpoint_filter_fn,
                                         generator_checkpoint, load_generator)
-from edtn.assets import AssetError
+from infra.assets import AssetError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""infer.py / edtn.inference end to end, against the authors' files and the conformance kit.
+"""infer.py / reenact.pipeline end to end, against the authors' files and the conformance kit.
 
 The generator and the DECA encoder carry the kit's deterministic fills (no released weights are
 needed); EDTN is the authors' ``EDTN.pt``. Poses are recomputed here independently (a hand-written
@@ -18,9 +18,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from edtn.assets import AssetError
-from edtn.inference import ReenactmentPipeline, hold_missing, load_source_image, run
-from edtn.pose import POSE_COLUMNS
+from infra.assets import AssetError
+from reenact.pipeline import ReenactmentPipeline, hold_missing, load_source_image, run
+from reenact.pose import POSE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -184,7 +184,7 @@ def test_codes_to_gif_poses_match_edtn_and_spec(codes_dir, authors_dir, generato
 
 def test_codes_to_mp4_grid_with_mesh(codes_dir, authors_dir, generator_path, synthetic_flame_path,
                                      landmark_embedding_path, tmp_path):
-    from edtn.video_io import open_driving
+    from reenact.video_io import open_driving
 
     out = tmp_path / "grid.mp4"
     cfg = make_cfg(driving=codes_dir, source=authors_dir / "basis.png", out=out,
@@ -237,7 +237,7 @@ def test_packed_codes_equal_mat_folder(codes_dir, authors_dir, tmp_path):
 def test_video_full_path_detect_encode_edtn_generate(authors_dir, deca_tar, generator_path, tmp_path):
     from deca_edit.crop import crop_face, make_detector
     from deca_edit.encoder import load_deca_checkpoint
-    from edtn.video_io import open_driving
+    from reenact.video_io import open_driving
 
     out = tmp_path / "anime.mp4"
     with pytest.warns(UserWarning, match="dlib"):   # no face-alignment weights in the test home
@@ -315,7 +315,7 @@ def test_unreadable_video_and_empty_folder(authors_dir, deca_tar, tmp_path):
 
 def test_output_in_missing_directory_stops_before_work(codes_dir, authors_dir, generator_path,
                                                        tmp_path, monkeypatch):
-    import edtn.inference as inference
+    import reenact.pipeline as inference
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started")
@@ -334,7 +334,7 @@ def test_output_in_missing_directory_stops_before_work(codes_dir, authors_dir, g
 @pytest.mark.parametrize("missing", ["edtn", "generator", "deca", "flame"])
 def test_missing_asset_stops_before_any_work(missing, codes_dir, authors_dir, generator_path,
                                              deca_tar, tmp_path, monkeypatch):
-    import edtn.inference as inference
+    import reenact.pipeline as inference
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started")

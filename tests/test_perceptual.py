@@ -10,7 +10,7 @@ import torch
 
 from anime_generator.perceptual import (VGG19FeatureExtractor, PerceptualLoss, build_vgg19_features,
                                         load_vgg19_features)
-from edtn.assets import AssetError
+from infra.assets import AssetError
 from helpers.weight_fill import fill_module
 
 CASES = ("genwarp", "genfake", "standalone")

@@ -1,4 +1,4 @@
-"""edtn.pose: anime pose assembly, angle modes, mouth gain, relative mode and smoothing."""
+"""reenact.pose: anime pose assembly, angle modes, mouth gain, relative mode and smoothing."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from edtn import pose as P
+from reenact import pose as P
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -23,7 +23,7 @@ from anime_generator.train_loop import (GeneratorLoss, bidirectional_batch, buil
 from helpers.weight_fill import fill_module
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs")
+CONFIG_DIR = str(REPO / "configs" / "anime_generator")
 VGG_FILE = "vgg19-dcbb9e9d.pth"
 # Small but complete: tiny generator at 32 px, two VGG layers at two scales, no data workers.
 FAST = ["experiment=smoke", "model.image_size=32", "model.warp_encoder_layers=4",
@@ -110,7 +110,7 @@ def test_a_few_steps_lower_the_loss(tiny_data, vgg_in_cache):
     loss_fn = build_loss(cfg, torch.device("cpu"))  # VGG from $TORCH_HOME
     assert isinstance(loss_fn, GeneratorLoss)
     from anime_generator.train_loop import build_loaders
-    from edtn.distributed import DistInfo
+    from infra.distributed import DistInfo
 
     loader, _ = build_loaders(cfg, DistInfo())
     images, poses, targets = bidirectional_batch(next(iter(loader)), torch.device("cpu"))

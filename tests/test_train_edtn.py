@@ -26,7 +26,7 @@ from edtn.model import load_edtn
 from edtn.train_loop import CHECKPOINT_FORMAT, run
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs")
+CONFIG_DIR = str(REPO / "configs" / "edtn")
 PRESETS = ["paper", "ablation_vertex", "ablation_landmark", "ablation_vertex_landmark", "ablation_all"]
 N_CLIPS, CLIP_LEN = 4, 77
 # Small-run settings: 231 training frames, batch 32 -> 7 steps per epoch.

@@ -1,11 +1,12 @@
-"""edtn.video_io (reading / atomic writing) and edtn.render (grid, bar chart, rasteriser)."""
+"""reenact.video_io (reading / atomic writing) and reenact.render (grid, bar chart, rasteriser)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edtn import render
-from edtn.video_io import (FrameWriter, gif_frame_ms, open_driving, read_image, to_rgb,
+from reenact import render
+from infra.image_io import read_image, to_rgb
+from reenact.video_io import (FrameWriter, gif_frame_ms, open_driving,
                            write_frames)
 
 

@@ -86,13 +86,13 @@ class AssetStatus:
 
 # ----------------------------------------------------------------------------- content checks
 def _torch_load_cpu(path: Path):
-    from edtn.state_dict import load_torch_file  # imports torch: keep it out of module import
+    from infra.checkpoint import load_torch_file  # imports torch: keep it out of module import
 
     return load_torch_file(path, map_location="cpu")
 
 
 def _check_flame(path: Path) -> str:
-    from deca_edit.flame import load_flame_model
+    from infra.pickle_files import load_flame_model
 
     model = load_flame_model(path)
     need = {"v_template": (5023, 3), "f": (9976, 3), "weights": (5023, 5)}
@@ -108,15 +108,9 @@ def _check_flame(path: Path) -> str:
 
 
 def _check_landmark_embedding(path: Path) -> str:
-    import numpy as np
+    from infra.pickle_files import load_landmark_embedding
 
-    emb = np.load(path, allow_pickle=True, encoding="latin1")
-    emb = emb.item() if getattr(emb, "dtype", None) == object else emb
-    need = ("static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx",
-            "dynamic_lmk_bary_coords", "full_lmk_faces_idx", "full_lmk_bary_coords")
-    missing = [k for k in need if k not in emb]
-    if missing:
-        raise ValueError(f"keys missing: {missing}")
+    emb = load_landmark_embedding(path)  # checks every key and shape
     return f"landmark embedding: dynamic table {tuple(emb['dynamic_lmk_faces_idx'].shape)}"
 
 

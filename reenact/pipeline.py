@@ -4,7 +4,7 @@ Stages (each shows a tqdm bar and is timed)::
 
     driving input ──► [face crop 224² → DECA coarse encoder]  (skipped for DECA code inputs)
                   ──► EDTN (exp 50 ⊕ jaw 3 → 17 morphs)
-                  ──► pose post-processing (edtn.pose: angle mode, relative, mouth gain, smoothing)
+                  ──► pose post-processing (reenact.pose: angle mode, relative, mouth gain, smoothing)
                   ──► anime generator (source image + pose → frame)   (skipped with render=none)
                   ──► writer (.mp4 / .gif / image / PNG folder) + pose export (CSV / NPY)
 
@@ -15,9 +15,9 @@ Driving inputs: a video file, a folder of frames (sorted by name), one image, a 
 Frames where no face is found are reported and the previous frame's DECA code is held (frames
 before the first detected face take the first detected one). No face at all is an error.
 
-Every external file comes through :func:`edtn.assets.resolve_asset`, and all of them are resolved
+Every external file comes through :func:`infra.assets.resolve_asset`, and all of them are resolved
 (and the output paths checked) *before* any frame is read, so a missing file stops the run at once
-with :class:`edtn.assets.AssetError`'s message.
+with :class:`infra.assets.AssetError`'s message.
 
 Source image preparation (:func:`load_source_image`): RGBA is composited over white with rounding
 (``source_composite: truncate`` reproduces the original's truncation), grayscale is replicated, a
@@ -37,11 +37,12 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
-from edtn.assets import resolve_asset
-from edtn.pose import PoseOptions, build_pose_sequence, pose_table
-from edtn.render import LAYOUTS, compose_grid, render_mesh
-from edtn.runtime import atomic_path, resolve_device
-from edtn.video_io import FrameWriter, DrivingSource, check_output_path, open_driving, read_image
+from infra.assets import resolve_asset
+from reenact.pose import PoseOptions, build_pose_sequence, pose_table
+from reenact.render import LAYOUTS, compose_grid, render_mesh
+from infra.runtime import atomic_path, resolve_device
+from infra.image_io import read_image
+from reenact.video_io import FrameWriter, DrivingSource, check_output_path, open_driving
 
 __all__ = [
     "RENDER_MODES",
