@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -40,7 +41,8 @@ import torch
 from infra.assets import resolve_asset
 from reenact.pose import PoseOptions, build_pose_sequence, pose_table
 from reenact.render import LAYOUTS, compose_grid, render_mesh
-from infra.runtime import atomic_path, resolve_device
+from infra.runtime import (atomic_path, check_input_path, check_outputs_distinct, check_replaceable,
+                           output_lock, resolve_device, write_output_marker)
 from infra.image_io import read_image
 from reenact.video_io import FrameWriter, DrivingSource, check_output_path, open_driving
 
@@ -210,8 +212,8 @@ def _read_packed(path: Path, video: Any, max_frames: Optional[int]) -> DrivingCo
     except (KeyError, IndexError):
         raise ValueError(f"driving_video={video!r} is not in {path} "
                          f"(videos: {', '.join(packed.video_names[:5])}...)") from None
-    rows = np.asarray(packed.video(info.name), dtype=np.float32)
-    rows = rows[:max_frames] if max_frames else rows
+    rows = np.asarray(packed.video(info.name, check_finite=True, limit=max_frames or None),
+                      dtype=np.float32)
     cam = None
     if "cam" in packed.columns:
         a, b = packed.columns["cam"]
@@ -287,6 +289,9 @@ class ReenactmentPipeline:
             raise ValueError(f"config key 'generator' must be one of {GENERATOR_STYLES}, "
                              f"got {self.generator_style!r} (use generator_path= for another file)")
         self.use_ema = bool(get("use_ema", True))
+        self.overwrite = bool(get("overwrite", False))
+        self.trust_checkpoint = bool(get("trust_checkpoint", False))
+        self.strict_frames = bool(get("strict_frames", False))
         self.source_composite = str(get("source_composite", "round"))
         if self.source_composite not in SOURCE_COMPOSITES:
             raise ValueError(f"config key 'source_composite' must be one of {SOURCE_COMPOSITES}, "
@@ -326,6 +331,10 @@ class ReenactmentPipeline:
             self.source = Path(str(source)).expanduser()
             if not self.source.is_file():
                 raise FileNotFoundError(f"source image not found: {self.source}")
+        if self.kind != "packed":
+            check_input_path(self.driving, "driving input")
+        if self.source is not None:
+            check_input_path(self.source, "source image")
         self.assets: dict[str, Path] = {}
         self.assets["edtn_weights"] = resolve_asset("edtn_weights", _none_if_empty(get("edtn_path")))
         if self.kind == "frames":
@@ -337,6 +346,20 @@ class ReenactmentPipeline:
             self.assets["flame_model"] = resolve_asset("flame_model", _none_if_empty(get("flame_path")))
             self.assets["landmark_embedding"] = resolve_asset(
                 "landmark_embedding", _none_if_empty(get("landmark_embedding_path")))
+        # ---------------------------------------------------------------- outputs vs inputs
+        from deca_edit.codes import packed_paths
+
+        driving_files = (dict(zip(("driving", "driving (index)"), packed_paths(self.driving)))
+                         if self.kind == "packed" else {"driving": self.driving})
+        check_outputs_distinct(self._outputs(),
+                               {**driving_files, "source": self.source, **self.assets})
+        for key, path in self._outputs().items():
+            check_replaceable(path, self.overwrite, key)
+
+    def _outputs(self) -> dict[str, Path]:
+        """``{config key: path}`` of every file this run writes."""
+        return {k: v for k, v in (("out", self.out), ("pose_csv", self.pose_csv),
+                                  ("pose_npy", self.pose_npy)) if v is not None}
 
     @staticmethod
     def _check_pose_path(value: Any, suffix: str, key: str) -> Optional[Path]:
@@ -356,7 +379,8 @@ class ReenactmentPipeline:
         from deca_edit.encoder import load_deca_checkpoint
         from deca_edit.extract import extract_codes
 
-        encoder = load_deca_checkpoint(self.assets["deca_model"], device=self.device)
+        encoder = load_deca_checkpoint(self.assets["deca_model"], device=self.device,
+                                       trust_checkpoint=self.trust_checkpoint)
         detector = None if self.aligned else make_detector(self.detector_name, device=self.device)
         named = ((frames.names[i], frame) for i, frame in frames)
         result = extract_codes(named, encoder, detector, batch_size=self.batch_size,
@@ -385,14 +409,15 @@ class ReenactmentPipeline:
                                 self.max_frames)
         if self.kind == "mat":
             return _read_code_folder(self.driving, self.max_frames)
-        return self._encode_frames(open_driving(self.driving, self.max_frames))
+        return self._encode_frames(open_driving(self.driving, self.max_frames, self.strict_frames))
 
     # ------------------------------------------------------------------ stage 2: EDTN
     def _run_edtn(self, code156: np.ndarray) -> torch.Tensor:
         from deca_edit.codes import edtn_input_from_code156
         from edtn.model import load_edtn
 
-        model = load_edtn(self.assets["edtn_weights"], device=self.device)
+        model = load_edtn(self.assets["edtn_weights"], device=self.device,
+                          trust_checkpoint=self.trust_checkpoint)
         inputs = torch.from_numpy(edtn_input_from_code156(code156)).to(self.device)
         out = []
         with torch.inference_mode():
@@ -406,7 +431,8 @@ class ReenactmentPipeline:
         from anime_generator.checkpoint import load_generator
 
         model = load_generator(self.assets["generator"], use_ema=self.use_ema, device=self.device,
-                               asset=f"generator_{self.generator_style}")
+                               asset=f"generator_{self.generator_style}",
+                               trust_checkpoint=self.trust_checkpoint)
         try:
             from anime_generator.inference import prepare_for_inference
             model = prepare_for_inference(model)
@@ -417,7 +443,8 @@ class ReenactmentPipeline:
     def _load_flame(self):
         from deca_edit.flame import FLAME
 
-        return FLAME(self.assets["flame_model"], self.assets["landmark_embedding"]).to(self.device)
+        return FLAME(self.assets["flame_model"], self.assets["landmark_embedding"],
+                     trust_checkpoint=self.trust_checkpoint).to(self.device)
 
     def _iter_driving_images(self, codes: DrivingCodes, size: int) -> Iterator[np.ndarray]:
         if codes.frames is not None:
@@ -436,7 +463,7 @@ class ReenactmentPipeline:
             raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
         driving_images = self._iter_driving_images(codes, size) if self.layout == "grid" else None
         n = len(poses)
-        with FrameWriter(self.out, fps) as writer:
+        with FrameWriter(self.out, fps, overwrite=self.overwrite) as writer:
             bar = _progress(None, n, "generate", self.progress)
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
@@ -463,6 +490,12 @@ class ReenactmentPipeline:
 
     # ------------------------------------------------------------------ run
     def __call__(self) -> InferenceResult:
+        with ExitStack() as locks:  # one writer per output: a concurrent run fails fast
+            for key, path in self._outputs().items():
+                locks.enter_context(output_lock(path, key))
+            return self._run()
+
+    def _run(self) -> InferenceResult:
         seconds: dict[str, float] = {}
         t_start = time.perf_counter()
         t0 = t_start
@@ -482,10 +515,12 @@ class ReenactmentPipeline:
         if self.pose_csv is not None:
             with atomic_path(self.pose_csv) as tmp:
                 pose_table(poses, frames).to_csv(tmp, index=False, float_format="%.9g")
+            write_output_marker(self.pose_csv)
         if self.pose_npy is not None:
             with atomic_path(self.pose_npy) as tmp:
                 with open(tmp, "wb") as handle:
                     np.save(handle, poses.numpy())
+            write_output_marker(self.pose_npy)
         seconds["export"] = time.perf_counter() - t0
         if self.render != "none":
             t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infra.assets import AssetError
+from infra.runtime import OWNER_SUFFIX
 from reenact.pipeline import ReenactmentPipeline, hold_missing, load_source_image, run
 from reenact.pose import POSE_COLUMNS
 
@@ -61,7 +62,8 @@ def gif_info(path):
 
 
 def _listing(folder):
-    return sorted(p.name for p in Path(folder).iterdir())
+    """Names in ``folder``, without the ownership markers of our outputs (tests/test_trust.py)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.endswith(OWNER_SUFFIX))
 
 
 # ----------------------------------------------------------------------------- fixtures
