@@ -328,13 +328,11 @@ class ReenactmentPipeline:
             source = _none_if_empty(get("source"))
             if source is None:
                 raise ValueError("config key 'source' (the anime image) is required unless render=none")
-            self.source = Path(str(source)).expanduser()
-            if not self.source.is_file():
-                raise FileNotFoundError(f"source image not found: {self.source}")
+            self.source = check_input_path(str(source), "source image")
+            if self.source.is_dir():
+                raise ValueError(f"source image {self.source} is a folder; give one image file")
         if self.kind != "packed":
             check_input_path(self.driving, "driving input")
-        if self.source is not None:
-            check_input_path(self.source, "source image")
         self.assets: dict[str, Path] = {}
         self.assets["edtn_weights"] = resolve_asset("edtn_weights", _none_if_empty(get("edtn_path")))
         if self.kind == "frames":
