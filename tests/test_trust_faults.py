@@ -25,19 +25,10 @@ from hydra.core.global_hydra import GlobalHydra
 from deca_edit.codes import CodeFileError, PackedCodes, pack_code_tree, write_packed_codes
 from infra.runtime import atomic_save, checksum_path, checksum_problem, exit_on_user_error
 from reenact.video_io import open_driving, write_frames
+from helpers.hostile import SystemPayload
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-class SystemPayload:
-    """Pickles as ``posix.system('touch <marker>')``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def truncate(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import shlex
 import subprocess
 import sys
 from collections import OrderedDict
@@ -28,32 +27,10 @@ from edtn.model import load_edtn
 from infra.assets import check_asset
 from infra.checkpoint import UnsafeFileError, load_torch_file, unsafe_globals
 from infra.pickle_files import load_flame_model, load_landmark_embedding
+from helpers.hostile import PAYLOADS, ExecPayload, SystemPayload
 
 REPO = Path(__file__).resolve().parents[1]
 OPT_IN = "trust_checkpoint=true"
-
-
-class SystemPayload:
-    """Pickles as ``posix.system('touch <marker>')``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-class ExecPayload:
-    """Pickles as ``builtins.exec("open(<marker>, 'w').close()")``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
-
-
-PAYLOADS = {"posix.system": SystemPayload, "builtins.exec": ExecPayload}
 
 
 @pytest.fixture(params=sorted(PAYLOADS))

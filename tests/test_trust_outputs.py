@@ -73,6 +73,16 @@ def spawn_holder(code: str, *args: str) -> subprocess.Popen:
     return proc
 
 
+def hold_lock(path: Path) -> subprocess.Popen:
+    """A child process holding the output lock of ``path`` until it is killed."""
+    return spawn_holder("""
+        import sys
+        from infra.runtime import output_lock
+        held = output_lock(sys.argv[1])
+        held.__enter__()
+        """, str(path))
+
+
 @pytest.fixture(scope="module")
 def inputs(authors_dir, tmp_path_factory) -> dict[str, Path]:
     """Copies of the user's inputs, and placeholder model files that must never be opened."""
@@ -285,12 +295,7 @@ def test_stale_frame_folder_temp_is_removed_by_the_next_write(tmp_path):
 # ----------------------------------------------------------------------------- concurrency
 def test_second_writer_of_an_output_fails_fast_naming_the_holder(tmp_path):
     out = tmp_path / "anime.mp4"
-    holder = spawn_holder("""
-        import sys
-        from infra.runtime import output_lock
-        held = output_lock(sys.argv[1])
-        held.__enter__()
-        """, str(out))
+    holder = hold_lock(out)
     try:
         with pytest.raises(OutputBusyError, match=f"pid {holder.pid}") as info:
             with FrameWriter(out, fps=10) as writer:
@@ -344,12 +349,7 @@ def test_second_training_run_on_a_run_dir_fails_fast(tmp_path):
     from edtn.train_loop import run as train_edtn
 
     run_dir = tmp_path / "run"
-    holder = spawn_holder("""
-        import sys
-        from infra.runtime import output_lock
-        held = output_lock(sys.argv[1])
-        held.__enter__()
-        """, str(run_dir))
+    holder = hold_lock(run_dir)
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(REPO / "configs" / "edtn"), version_base="1.3"):
