@@ -163,6 +163,29 @@ def _remove_if_unlocked(entry: Path) -> bool:
         os.close(fd)
 
 
+_ANY_TEMP = re.compile(r"^\..+\." + _TEMP_RANDOM + re.escape(TEMP_SUFFIX) + "$")
+_temps_seen: dict[str, set[str]] = {}  # folder -> temporary-looking names at this process's scan
+
+
+def _scan_temps(folder: Path) -> set[str]:
+    """Names of ``.*.XXXXXXXX.tmp`` entries in ``folder`` (one ``os.scandir``), cached per folder."""
+    try:
+        with os.scandir(folder) as entries:
+            names = {e.name for e in entries if e.name.endswith(TEMP_SUFFIX) and _ANY_TEMP.match(e.name)}
+    except (FileNotFoundError, NotADirectoryError):
+        names = set()
+    _temps_seen[os.path.realpath(folder)] = names
+    return names
+
+
+def _remove_stale(folder: Path, names: list[str]) -> list[Path]:
+    removed = [folder / name for name in sorted(names) if _remove_if_unlocked(folder / name)]
+    if removed:
+        _logger.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
+                     ", ".join(p.name for p in removed))
+    return removed
+
+
 def clean_stale_temps(path: str | os.PathLike, all_in_folder: bool = False) -> list[Path]:
     """Remove temporaries that killed writes left beside ``path`` (``.<name>.XXXXXXXX.tmp``).
 
@@ -178,16 +201,27 @@ def clean_stale_temps(path: str | os.PathLike, all_in_folder: bool = False) -> l
         The removed paths.
     """
     path = Path(path)
-    folder, pattern = ((path, re.compile(r"^\..+\." + _TEMP_RANDOM + re.escape(TEMP_SUFFIX) + "$"))
-                       if all_in_folder else (path.parent, _temp_pattern(path.name)))
-    if not folder.is_dir():
-        return []
-    removed = [entry for entry in sorted(folder.iterdir())
-               if pattern.match(entry.name) and _remove_if_unlocked(entry)]
-    if removed:
-        _logger.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
-                     ", ".join(p.name for p in removed))
-    return removed
+    folder = path if all_in_folder else path.parent
+    names = _scan_temps(folder)
+    if not all_in_folder:
+        target = _temp_pattern(path.name)
+        names = {n for n in names if target.match(n)}
+    return _remove_stale(folder, list(names))
+
+
+def _clean_before_write(path: Path) -> None:
+    """:func:`clean_stale_temps` for ``path``, scanning its folder once per process (a write into
+    a folder of 10^4 files must not list it every time): temporaries left by writers that died
+    before this process first wrote there."""
+    key = os.path.realpath(path.parent)
+    names = _temps_seen.get(key)
+    if names is None:
+        names = _scan_temps(path.parent)
+    if names:
+        target = _temp_pattern(path.name)
+        mine = [n for n in names if target.match(n)]
+        names.difference_update(mine)
+        _remove_stale(path.parent, mine)
 
 
 def make_temp(path: str | os.PathLike, directory: bool = False) -> tuple[Path, int]:
@@ -196,7 +230,7 @@ def make_temp(path: str | os.PathLike, directory: bool = False) -> tuple[Path, i
     once the temporary is renamed or removed. Stale temporaries of ``path`` are removed first.
     """
     path = Path(path)
-    clean_stale_temps(path)
+    _clean_before_write(path)
     while True:
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))

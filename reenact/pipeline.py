@@ -17,7 +17,10 @@ before the first detected face take the first detected one). No face at all is a
 
 Every external file comes through :func:`infra.assets.resolve_asset`, and all of them are resolved
 (and the output paths checked) *before* any frame is read, so a missing file stops the run at once
-with :class:`infra.assets.AssetError`'s message.
+with :class:`infra.assets.AssetError`'s message. The output checks refuse an output that is an input
+(:func:`infra.runtime.check_outputs_distinct`) or an existing file this program did not write
+(unless ``overwrite``); while running, every output's advisory lock is held, so a second run on
+the same output stops at once. Model files load with allow-lists only, unless ``trust_checkpoint``.
 
 Source image preparation (:func:`load_source_image`): RGBA is composited over white with rounding
 (``source_composite: truncate`` reproduces the original's truncation), grayscale is replicated, a

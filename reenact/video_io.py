@@ -4,7 +4,10 @@
 Frames are always RGB uint8 ``(H, W, 3)`` numpy arrays (decoded through
 :func:`infra.image_io.to_rgb`). Videos go through imageio-ffmpeg. Every
 output is first written to a temporary file (or folder) beside the target and renamed into place
-at the end, so a failure never leaves a half-written result.
+at the end, so a failure never leaves a half-written result. Only regular files and folders are
+read (a named pipe would block forever); a truncated video is reported (or refused with
+``strict_frames``). :class:`FrameWriter` replaces only outputs it wrote (or with ``overwrite``),
+never deletes files it did not write, and holds the output's advisory lock while writing.
 """
 from __future__ import annotations
 
