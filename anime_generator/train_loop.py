@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
 from infra.runtime import (atomic_save, capture_rng_state, clean_stale_temps, load_resume_checkpoint,
-                          output_lock, resolve_device, resolve_run_dir, restore_rng_state,
+                          resolve_device, resolve_run_dir, restore_rng_state, run_dir_lock,
                           seed_everything)
 
 from .checkpoint import OUR_FORMAT, checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
@@ -259,8 +259,7 @@ def run(cfg: Any) -> dict[str, Any]:
     info, device = init_distributed(device)
     try:
         # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with output_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), "run_dir") if info.is_main \
-                else nullcontext():
+        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), info.is_main):
             return _train(cfg, info, device)
     finally:
         cleanup_distributed()

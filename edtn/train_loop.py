@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,8 +31,8 @@ from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.checkpoint import load_torch_file
 from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
-                          clean_stale_temps, load_resume_checkpoint, output_lock, resolve_device,
-                          resolve_run_dir, restore_rng_state, seed_everything, unwrap_model)
+                          clean_stale_temps, load_resume_checkpoint, resolve_device, resolve_run_dir,
+                          restore_rng_state, run_dir_lock, seed_everything, unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
@@ -60,8 +59,7 @@ def run(cfg: Any) -> dict:
     dist, device = init_distributed(device)
     try:
         # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with output_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), "run_dir") if dist.is_main \
-                else nullcontext():
+        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), dist.is_main):
             return _train(cfg, dist, device)
     except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
         raise

@@ -27,7 +27,7 @@ import re
 import shutil
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -65,6 +65,7 @@ __all__ = [
     "owned_files",
     "lock_path_for",
     "output_lock",
+    "run_dir_lock",
     "exit_on_user_error",
 ]
 
@@ -453,7 +454,7 @@ def load_resume_checkpoint(resume: Optional[str], checkpoint_dir: str | os.PathL
             try:
                 loaded = load(path)
             except Exception as exc:  # noqa: BLE001 - any failure means "not intact"
-                problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400]
+                problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:600]
         if problem is None:
             if problems:
                 _logger.warning("resume: %s; resuming from %s instead (the newest intact checkpoint)",
@@ -679,6 +680,12 @@ def output_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
             lock.unlink(missing_ok=True)
         finally:
             os.close(fd)
+
+
+def run_dir_lock(run_dir: str | os.PathLike, main: bool = True):
+    """:func:`output_lock` of a training run folder, held by the main process only (DDP ranks
+    share the folder): a second training run on it fails fast naming the first one's pid."""
+    return output_lock(run_dir, "run_dir") if main else nullcontext(Path(run_dir))
 
 
 def exit_on_user_error(program: str, fn, *args, **kwargs):
