@@ -19,6 +19,7 @@ from infra.typed_config import merge_into_schema, to_plain_dict
 
 __all__ = [
     "LossImpl",
+    "DataLoaderKind",
     "ModelConfig",
     "DataConfig",
     "LossConfig",
@@ -40,6 +41,14 @@ class LossImpl(str, Enum):
 
     fast = "fast"            # cached real targets + affine fake mesh (default, no FLAME forward)
     reference = "reference"  # literal FLAME forward on both sides (for checking)
+
+
+class DataLoaderKind(str, Enum):
+    """How training batches are drawn (see ``edtn.data.build_loader``): both give the same
+    batches in the same order."""
+
+    resident = "resident"      # gathered by index from in-memory arrays (default)
+    dataloader = "dataloader"  # torch DataLoader over per-sample items, data.num_workers workers
 
 
 @dataclass
@@ -67,8 +76,10 @@ class DataConfig:
     frames_per_video: Optional[int] = None   # None: every frame once per epoch; k: k random frames
     batch_size: int = MISSING                # global batch (split evenly across DDP ranks)
     eval_batch_size: int = MISSING
-    num_workers: int = 0
+    num_workers: int = 0                     # DataLoader workers (loader=dataloader only)
     cache_dir: Optional[str] = None          # real-target cache; None: next to the packed codes
+    loader: DataLoaderKind = DataLoaderKind.resident
+    on_device: bool = False                  # resident: keep the whole split on the device
 
 
 @dataclass
