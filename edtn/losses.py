@@ -235,13 +235,17 @@ def real_side_features(exp: torch.Tensor, jaw_rot: torch.Tensor) -> torch.Tensor
     (B, 3, 3). See :func:`_real_side_polynomial` for why these suffice.
     """
     batch = exp.shape[0]
-    psi = exp.to(torch.float64)
-    e = (jaw_rot.to(torch.float64)
-         - torch.eye(3, dtype=torch.float64, device=exp.device)).reshape(batch, ROT_ENTRIES)
+    phi = torch.empty(batch, REAL_FEATURE_DIM, dtype=torch.float64, device=exp.device)
+    phi[:, 0] = 1.0
+    psi = phi[:, 1:1 + N_EXP]
+    psi.copy_(exp)
+    e = phi[:, 1 + N_EXP:_FEATURE_AFFINE]
+    e.copy_(jaw_rot.reshape(batch, ROT_ENTRIES))
+    e[:, ::4] -= 1.0  # the diagonal of R − I
+    torch.mul(e.unsqueeze(2), psi.unsqueeze(1), out=phi[:, _FEATURE_E_PSI].view(batch, ROT_ENTRIES, N_EXP))
     rows, cols = _e_pair_index(exp.device)
-    return torch.cat((psi.new_ones(batch, 1), psi, e,
-                      (e.unsqueeze(2) * psi.unsqueeze(1)).reshape(batch, -1),
-                      e[:, rows] * e[:, cols]), dim=1)
+    torch.mul(e[:, rows], e[:, cols], out=phi[:, _FEATURE_E_PSI.stop:])
+    return phi
 
 
 def fast_loss_terms(a: torch.Tensor, real_targets: torch.Tensor, weight_t: torch.Tensor,
@@ -417,6 +421,7 @@ class GeometryLoss(nn.Module):
         self.register_buffer("landmark_weights", landmark_weights68(dtype, device), persistent=False)
         self.register_buffer("eye_pairs", torch.tensor(EYE_PAIRS, device=device), persistent=False)
         self.register_buffer("lip_pairs", torch.tensor(LIP_PAIRS, device=device), persistent=False)
+        self.register_buffer("_pairs", torch.tensor(_FUSED_PAIRS, device=device), persistent=False)
         affine = _fake_side_affine_maps(flame, basis32.to(torch.float64))
         for name, value in affine.items():
             self.register_buffer(f"_{name}", value.to(device), persistent=False)
@@ -502,19 +507,23 @@ class GeometryLoss(nn.Module):
             basis_q = self._Q.to(torch.float64)  # no-op unless someone called .float() on us
             offset = out.vertices.reshape(batch, -1).to(torch.float64) - self._V0.to(torch.float64)
             proj = offset @ basis_q  # (B, 17)
-            residual = (offset - proj @ basis_q.T).pow(2).sum(dim=1, keepdim=True)
-            landmarks = project_landmarks(out.landmarks2d)
+            residual = (offset - proj @ basis_q.T).pow(2).sum(dim=1)
+            head = torch.cat((proj, project_landmarks(out.landmarks2d).reshape(batch, -1)), dim=1)
         else:
             x = edtn_input53.to(self.flame.v_template.device, dtype)
             # The jaw rotation in FLAME's dtype, with DECA's convention: the FLAME path's R.
             jaw_rot = batch_rodrigues(x[:, N_EXP:])
             values = real_side_features(x[:, :N_EXP], jaw_rot) @ self._real_consts()
-            proj = values[:, REAL_SLICE_PROJ]
-            landmarks = values[:, REAL_SLICE_LANDMARKS].view(batch, N_LANDMARKS, 2)
-            residual = values[:, REAL_SLICE_LANDMARKS.stop:].square().sum(dim=1, keepdim=True)
-        return torch.cat((proj, landmarks.reshape(batch, -1),
-                          pair_distances(landmarks, self.eye_pairs),
-                          pair_distances(landmarks, self.lip_pairs), residual), dim=1).to(dtype)
+            head = values[:, :REAL_SLICE_LANDMARKS.stop]  # projection, then landmarks
+            tail = values[:, REAL_SLICE_LANDMARKS.stop:]
+            residual = torch.linalg.vecdot(tail, tail)
+        # float64 until here; one cast into the (B, 161) result
+        landmarks = head[:, REAL_SLICE_LANDMARKS].reshape(batch, N_LANDMARKS, 2)
+        result = torch.empty(batch, REAL_TARGET_DIM, dtype=dtype, device=head.device)
+        result[:, :REAL_SLICE_LANDMARKS.stop] = head
+        result[:, REAL_SLICE_EYE.start:REAL_SLICE_LIP.stop] = pair_distances(landmarks, self._pairs)
+        result[:, REAL_SLICE_RESIDUAL.start] = residual
+        return result
 
     # -- the loss
     @staticmethod
