@@ -69,6 +69,7 @@ __all__ = [
     "REAL_SLICE_EYE",
     "REAL_SLICE_LIP",
     "LOSS_IMPLS",
+    "LOSS_TERMS",
     "REAL_TARGET_IMPLS",
     "REAL_FEATURE_DIM",
     "LossWeights",
@@ -281,7 +282,8 @@ def fast_loss_terms(a: torch.Tensor, real_targets: torch.Tensor, weight_t: torch
 
 
 class FastConsts(NamedTuple):
-    """Constants of :class:`FusedFastLoss` in the working dtype / device (built once per pair).
+    """Constants of :class:`FusedFastLoss` in the working dtype / device (built once per
+    (dtype, device, weights) by :meth:`GeometryLoss._fast_consts`).
 
     weight_t (17, 167), offset (167,): the fused fake-side map f = a Wᵀ + c; weight (167, 17) = W;
     lmk_weights153 (153,): 0 on the 17 projection columns, then w_l twice per landmark (x, y);
@@ -702,11 +704,11 @@ def _real_side_polynomial(flame: nn.Module, basis_q: torch.Tensor, v0: torch.Ten
         cols = column.view(3, 3, n_z)[i].reshape(-1).to(device)                    # (j, m)
         dmap[jawed, i] = dmap[jawed, i].index_add(1, cols, u.reshape(len(jawed), -1))
 
-    # Landmarks: FLAME's own barycentric map, applied to each column, LUT row 0, then projected.
+    # Landmarks: FLAME's own barycentric map (weights cast to float64), applied to each column,
+    # LUT row 0, then projected.
     columns_as_meshes = dmap.permute(2, 0, 1)                                       # (555, V, 3)
     lut_rows = torch.zeros(REAL_FEATURE_DIM, dtype=torch.long, device=device)
-    flame64 = _float64_view(flame)
-    lmk = flame64.landmarks2d_from_vertices(columns_as_meshes, lut_rows)            # (555, 68, 3)
+    lmk = flame.landmarks2d_from_vertices(columns_as_meshes, lut_rows)              # (555, 68, 3)
     projected = project_landmarks(lmk)
     shift = project_landmarks(torch.zeros_like(lmk[:1]))  # the camera offset: constant column only
     projected = projected - shift
@@ -731,9 +733,3 @@ def _real_side_polynomial(flame: nn.Module, basis_q: torch.Tensor, v0: torch.Ten
     residual_map = eigvecs[:, keep] * eigvals[keep].sqrt()                          # (555, r)
     return torch.cat((proj_map.T, lmk_map, residual_map), dim=1).contiguous()
 
-
-def _float64_view(flame: nn.Module) -> nn.Module:
-    """``flame`` itself when float64, else a float64 copy (its landmark maps used on float64)."""
-    if flame.v_template.dtype == torch.float64:
-        return flame
-    return copy.deepcopy(flame).to(torch.float64)

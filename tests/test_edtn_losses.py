@@ -57,6 +57,11 @@ def loss_fast(flame, basis):
 
 
 @pytest.fixture(scope="module")
+def loss_fast64(loss_fast):
+    return copy.deepcopy(loss_fast).double()
+
+
+@pytest.fixture(scope="module")
 def edtn_input(kit):
     return torch.from_numpy(kit["edtn_input53"])
 
@@ -219,9 +224,9 @@ def _field_errors(fast: torch.Tensor, flame: torch.Tensor) -> dict[str, float]:
 
 @pytest.mark.parametrize("codes", ["vox308", "random_large_jaw"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fast_real_targets_equal_the_flame_path(loss_fast, vox_inputs308, codes, dtype):
+def test_fast_real_targets_equal_the_flame_path(loss_fast, loss_fast64, vox_inputs308, codes, dtype):
     """The polynomial real side agrees with the full FLAME forward on every field."""
-    loss = loss_fast if dtype == torch.float32 else copy.deepcopy(loss_fast).double()
+    loss = loss_fast if dtype == torch.float32 else loss_fast64
     x = (vox_inputs308 if codes == "vox308" else _random_codes_large_jaw()).to(dtype)
     fast = loss.real_targets(x)
     flame = loss.real_targets(x, impl="flame")
@@ -266,8 +271,8 @@ COMBINATIONS = {
 
 @pytest.mark.parametrize("combination", list(COMBINATIONS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_loss_equals_autograd(loss_fast, vox_inputs308, combination, dtype):
-    loss = loss_fast if dtype == torch.float32 else copy.deepcopy(loss_fast).double()
+def test_fused_loss_equals_autograd(loss_fast, loss_fast64, vox_inputs308, combination, dtype):
+    loss = loss_fast if dtype == torch.float32 else loss_fast64
     x = vox_inputs308[:64].to(dtype)
     targets = loss.real_targets(x)
     a = torch.rand(64, 17, generator=torch.Generator().manual_seed(2), dtype=dtype)
@@ -283,9 +288,9 @@ def test_fused_loss_equals_autograd(loss_fast, vox_inputs308, combination, dtype
         assert float((grad_fused - grad_ref).abs().max()) <= 1e-6 * scale
 
 
-def test_fused_loss_at_the_l1_kinks(loss_fast, vox_inputs308):
+def test_fused_loss_at_the_l1_kinks(loss_fast64, vox_inputs308):
     """Landmark and distance errors that are exactly zero: sign(0) = 0, as autograd has it."""
-    loss = copy.deepcopy(loss_fast).double()
+    loss = loss_fast64
     x = vox_inputs308[:32].double()
     targets = loss.real_targets(x).clone()
     a = torch.rand(32, 17, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -311,10 +316,10 @@ def test_fused_loss_at_the_l1_kinks(loss_fast, vox_inputs308):
     assert grad_eye[1::2].eq(0).all() and grad_eye[::2].ne(0).any()
 
 
-def test_fused_loss_at_a_zero_fake_distance_gives_nan_like_autograd(loss_fast, vox_inputs308):
+def test_fused_loss_at_a_zero_fake_distance_gives_nan_like_autograd(loss_fast64, vox_inputs308):
     """A fake eyelid distance of exactly 0 (a = 0, pair offsets 0): NaN in that sample's
     gradient, as autograd's sqrt backward gives; the other samples are untouched."""
-    loss = copy.deepcopy(loss_fast).double()
+    loss = loss_fast64
     x = vox_inputs308[:8].double()
     targets = loss.real_targets(x)
     a = torch.rand(8, 17, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
