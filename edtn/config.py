@@ -163,6 +163,9 @@ def validate_config(cfg: Any) -> DictConfig:
     for key in ("epochs", "data.batch_size", "data.eval_batch_size"):
         if OmegaConf.select(typed, key) <= 0:
             raise ValueError(f"{key} must be > 0, got {OmegaConf.select(typed, key)}")
+    if typed.data.on_device and typed.data.loader != DataLoaderKind.resident:
+        raise ValueError("data.on_device=true needs data.loader=resident (the DataLoader path "
+                         "gathers on the host)")
     if typed.data.frames_per_video is not None and typed.data.frames_per_video <= 0:
         raise ValueError(f"data.frames_per_video must be null or > 0, got {typed.data.frames_per_video}")
     return typed

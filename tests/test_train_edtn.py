@@ -114,6 +114,15 @@ def test_unknown_loss_impl_is_rejected():
         compose_train(["loss.impl=fastest"])
 
 
+def test_data_loader_settings_are_checked():
+    cfg = validate_config(compose_train(["data.train=x"]))
+    assert cfg.data.loader.value == "resident" and cfg.data.on_device is False
+    with pytest.raises(Exception, match="data.loader"):
+        compose_train(["data.train=x", "data.loader=threads"])
+    with pytest.raises(ValueError, match="data.on_device"):
+        validate_config(compose_train(["data.train=x", "data.loader=dataloader", "data.on_device=true"]))
+
+
 # ----------------------------------------------------------------------------- training
 def test_short_run_halves_validation_loss(kit_overrides, tmp_path):
     run_dir = tmp_path / "run"
