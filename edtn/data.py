@@ -220,7 +220,8 @@ class CodeFrames(Dataset):
                              f"{len(source.inputs)} frames (stale cache?)")
         self.source = source
         self.videos = list(videos)
-        self.targets = targets
+        # a plain ndarray view of a memmap: fancy indexing then skips np.memmap's per-call wrapping
+        self.targets = np.asarray(targets) if targets is not None else None
         self.rows = np.concatenate([np.arange(v.start, v.start + v.count) for v in self.videos]
                                    ) if self.videos else np.zeros(0, dtype=np.int64)
         self.rows = self.rows.astype(np.int64)
