@@ -184,7 +184,7 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
         bar = tqdm(_epoch_batches(train_loader, batch_in_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    total=steps_per_epoch, initial=batch_in_epoch,
                    disable=not (main and cfg.log.progress), dynamic_ncols=True)
-        tick, samples = time.perf_counter(), 0
+        tick, tick_cpu, samples = time.perf_counter(), time.process_time(), 0
         epoch_tick, epoch_step = tick, step
         for i, batch in bar:
             x = batch["input"].to(device, non_blocking=True)
@@ -198,8 +198,11 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
             samples += x.shape[0] * dist.world_size
 
             if main and step % log_every == 0:
-                # samples/s of the steps since the last log (data, forward, backward, optimiser)
+                # samples/s of the steps since the last log (data, forward, backward, optimiser),
+                # per wall-clock second and per CPU second of this process (all its threads; less
+                # sensitive to other jobs on a shared machine)
                 samples_per_s = samples / max(time.perf_counter() - tick, 1e-9)
+                samples_per_cpu_s = samples / max(time.process_time() - tick_cpu, 1e-9)
                 values = {k: v.detach().item() for k, v in losses.items()}
                 bar.set_postfix(loss=f"{values['total']:.4g}", samples_per_s=f"{samples_per_s:.0f}")
                 if writer is not None:
@@ -207,13 +210,15 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                     writer.add_scalar("train/samples_per_s", samples_per_s, step)
-                tick, samples = time.perf_counter(), 0
+                    writer.add_scalar("train/samples_per_cpu_s", samples_per_cpu_s, step)
+                tick, tick_cpu, samples = time.perf_counter(), time.process_time(), 0
             if writer is not None and figure_every and step % figure_every == 0:
-                pause = time.perf_counter()
+                pause, pause_cpu = time.perf_counter(), time.process_time()
                 writer.add_figure("train/landmarks_and_morphs",
                                   landmark_morph_figure(loss_fn, x[:1].detach(), a[:1].detach()), step)
                 pause = time.perf_counter() - pause  # drawing is logging, not training
                 tick, epoch_tick = tick + pause, epoch_tick + pause
+                tick_cpu += time.process_time() - pause_cpu
             if max_steps is not None and step >= max_steps:
                 stop = True
                 batch_in_epoch = i + 1

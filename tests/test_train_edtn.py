@@ -149,7 +149,7 @@ def test_short_run_halves_validation_loss(kit_overrides, tmp_path):
     tags = set(events.Tags()["scalars"])
     for term in ("vertex", "landmark", "eye", "lip", "total"):
         assert f"train/{term}" in tags and f"val/{term}" in tags
-    assert {"train/lr", "train/samples_per_s"} <= tags
+    assert {"train/lr", "train/samples_per_s", "train/samples_per_cpu_s"} <= tags
     assert "train/landmarks_and_morphs" in events.Tags()["images"]
 
 
