@@ -447,7 +447,7 @@ class GeometryLoss(nn.Module):
             term_weights = torch.tensor(
                 (self.weights.vertex, self.weights.landmark, self.weights.eye, self.weights.lip),
                 dtype=torch.float64)
-            weight_total = (term_weights[term_cols].unsqueeze(1) * self._W.to(torch.float64))
+            weight_total = term_weights[term_cols].unsqueeze(1) * self._W.to("cpu", torch.float64)
             consts = FastConsts(
                 weight_t=weight.T.contiguous(), offset=self._c.to(device, dtype), weight=weight,
                 lmk_weights153=torch.cat((lmk_weights.new_zeros(N_MORPHS),
