@@ -12,10 +12,12 @@ measured side by side:
    * ``mlp only``           : the same step with a trivial loss: the ceiling of the fast step;
    * ``loss only: ...``     : the loss forward + backward with respect to a alone.
 
-   The cases are interleaved (each repeat times every case once, in turn), so a change in the
-   machine's load hits all of them alike; each value is the median over ``--repeats`` runs of
-   ``--steps`` steps after ``--warmup`` untimed steps. Wall and process CPU time are both kept;
-   the CPU time (all threads) is less sensitive to other jobs on a shared machine.
+   Cases that are compared are interleaved (each repeat times every case of the group once, in
+   turn), so a change in the machine's load hits them alike: the fast step with its MLP-only
+   ceiling; the fused loss with the autograd one; the FLAME cases apart (after them the heap is
+   large and fragmented). Each value is the median over ``--repeats`` runs of ``--steps`` steps
+   after ``--warmup`` untimed steps. Wall and process CPU time are both kept; the CPU time (all
+   threads) is less sensitive to other jobs on a shared machine.
 2. **Real-target cache**: ``GeometryLoss.real_targets`` at ``--cache-batch`` (2048), polynomial
    path vs the FLAME forward, interleaved likewise; then the whole cache build
    (``edtn.data.real_targets_for``: hashing, conversion, writing) of the tiled data set.
@@ -224,31 +226,34 @@ def bench_steps(args, device, loss_ref, loss_fast, x, real_targets) -> tuple[lis
             fn(morphs, x, targets)["total"].backward()
         return run
 
-    cases = []  # (name, fn, steps per timed run, adam)
-    if loss_ref is not None:
-        cases.append(("reference", make_step(loss_ref, False, args.optim), 1, args.optim))
-    cases.append(("fast (on the fly)", make_step(loss_fast, False, args.optim), 1, args.optim))
-    cases.append((STEP_CASE, make_step(loss_fast, True, args.optim), args.steps, args.optim))
-    cases.append(("fast (cached), autograd loss", make_step(unfused, True, args.optim),
-                  args.steps, args.optim))
+    # Groups timed separately, the light ones first: a case that runs right after a FLAME case
+    # inherits its freed heap (page faults, allocator trimming) and reads slow and erratic.
+    fast_steps = [(STEP_CASE, make_step(loss_fast, True, args.optim), args.steps, args.optim),
+                  ("fast (cached), autograd loss", make_step(unfused, True, args.optim),
+                   args.steps, args.optim)]
     if args.optim_sweep:
         for impl in OPTIMIZER_IMPLS[1:]:
             if impl != args.optim:
-                cases.append((f"{STEP_CASE}, adam {impl}", make_step(loss_fast, True, impl),
-                              args.steps, impl))
-    cases.append((CEILING_CASE, make_step(mlp_only, False, args.optim), args.steps, args.optim))
+                fast_steps.append((f"{STEP_CASE}, adam {impl}", make_step(loss_fast, True, impl),
+                                   args.steps, impl))
+    fast_steps.append((CEILING_CASE, make_step(mlp_only, False, args.optim), args.steps, args.optim))
+    groups = [fast_steps,
+              [("loss only: fast (cached)", loss_only(loss_fast, True), args.steps, "-"),
+               ("loss only: fast, autograd", loss_only(unfused, True), args.steps, "-")]]
+    flame_steps = [("fast (on the fly)", make_step(loss_fast, False, args.optim), 1, args.optim)]
     if loss_ref is not None:
-        cases.append(("loss only: reference", loss_only(loss_ref, False), 1, "-"))
-    cases.append(("loss only: fast (cached)", loss_only(loss_fast, True), args.steps, "-"))
-    cases.append(("loss only: fast, autograd", loss_only(unfused, True), args.steps, "-"))
+        flame_steps.insert(0, ("reference", make_step(loss_ref, False, args.optim), 1, args.optim))
+        groups.append([("loss only: reference", loss_only(loss_ref, False), 1, "-")])
+    groups.insert(2, flame_steps)
 
-    times = time_interleaved([(n, fn, k) for n, fn, k, _ in cases], device, args.warmup,
-                             args.repeats)
     rows = []
-    for name, _, _, optim in cases:
-        row = summarise(name, *times[name], args.batch, adam=optim)
-        row["schedule_hours"] = args.schedule_samples / row["samples_per_s"] / 3600
-        rows.append(row)
+    for cases in groups:
+        times = time_interleaved([(n, fn, k) for n, fn, k, _ in cases], device, args.warmup,
+                                 args.repeats)
+        for name, _, _, optim in cases:
+            row = summarise(name, *times[name], args.batch, adam=optim)
+            row["schedule_hours"] = args.schedule_samples / row["samples_per_s"] / 3600
+            rows.append(row)
     return rows, rel_diff
 
 
