@@ -421,13 +421,11 @@ class ResidentLoader:
 
 
 def _to_device_rows(array: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array[rows]`` as a float32 / int tensor on ``device``, copied in chunks of rows."""
-    first = np.asarray(array[rows[:1]])
-    dtype = torch.float32 if first.dtype.kind == "f" else torch.from_numpy(first).dtype
-    out = torch.empty((len(rows),) + first.shape[1:], dtype=dtype, device=device)
+    """``array[rows]`` (N, D) as a float32 tensor on ``device``, copied in chunks of rows."""
+    out = torch.empty((len(rows), array.shape[1]), dtype=torch.float32, device=device)
     for lo in range(0, len(rows), CHUNK_ROWS):
-        chunk = np.ascontiguousarray(array[rows[lo:lo + CHUNK_ROWS]])
-        out[lo:lo + len(chunk)] = torch.from_numpy(chunk).to(device, dtype)
+        chunk = np.ascontiguousarray(array[rows[lo:lo + CHUNK_ROWS]], dtype=np.float32)
+        out[lo:lo + len(chunk)] = torch.from_numpy(chunk).to(device)
     return out
 
 
