@@ -19,6 +19,7 @@ from infra.typed_config import merge_into_schema, to_plain_dict
 
 __all__ = [
     "LossImpl",
+    "DataLoaderKind",
     "ModelConfig",
     "DataConfig",
     "LossConfig",
@@ -40,6 +41,14 @@ class LossImpl(str, Enum):
 
     fast = "fast"            # cached real targets + affine fake mesh (default, no FLAME forward)
     reference = "reference"  # literal FLAME forward on both sides (for checking)
+
+
+class DataLoaderKind(str, Enum):
+    """How training batches are drawn (see ``edtn.data.build_loader``): both give the same
+    batches in the same order."""
+
+    resident = "resident"      # gathered by index from in-memory arrays (default)
+    dataloader = "dataloader"  # torch DataLoader over per-sample items, data.num_workers workers
 
 
 @dataclass
@@ -68,8 +77,10 @@ class DataConfig:
     frames_per_video: Optional[int] = None   # None: every frame once per epoch; k: k random frames
     batch_size: int = MISSING                # global batch (split evenly across DDP ranks)
     eval_batch_size: int = MISSING
-    num_workers: int = 0
+    num_workers: int = 0                     # DataLoader workers (loader=dataloader only)
     cache_dir: Optional[str] = None          # real-target cache; None: next to the packed codes
+    loader: DataLoaderKind = DataLoaderKind.resident
+    on_device: bool = False                  # resident: keep the whole split on the device
 
 
 @dataclass
@@ -153,6 +164,9 @@ def validate_config(cfg: Any) -> DictConfig:
     for key in ("epochs", "data.batch_size", "data.eval_batch_size"):
         if OmegaConf.select(typed, key) <= 0:
             raise ValueError(f"{key} must be > 0, got {OmegaConf.select(typed, key)}")
+    if typed.data.on_device and typed.data.loader != DataLoaderKind.resident:
+        raise ValueError("data.on_device=true needs data.loader=resident (the DataLoader path "
+                         "gathers on the host)")
     if typed.data.frames_per_video is not None and typed.data.frames_per_video <= 0:
         raise ValueError(f"data.frames_per_video must be null or > 0, got {typed.data.frames_per_video}")
     return typed

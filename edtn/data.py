@@ -13,6 +13,10 @@ The split is by video: ``data.train`` / ``data.test`` name two sources, or one s
 frame or ``k`` random frames per video each epoch, shuffled from ``(seed, epoch)`` only, and
 shards the order across DDP ranks the way ``DistributedSampler`` does, so a resumed run sees
 exactly the batches an uninterrupted run would.
+
+Batches come from :class:`ResidentLoader` (default): the epoch's order cut into batches, each one
+gathered by index from the in-memory arrays (optionally kept on the training device). The
+per-sample ``torch.utils.data.DataLoader`` (``data.loader=dataloader``) gives the same batches.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ __all__ = [
     "VideoFrameSampler",
     "collate_batch",
     "build_loader",
+    "ResidentLoader",
 ]
 
 EDTN_INPUT_DIM = 53          # DECA exp (50) + jaw axis-angle (3)
@@ -215,7 +220,8 @@ class CodeFrames(Dataset):
                              f"{len(source.inputs)} frames (stale cache?)")
         self.source = source
         self.videos = list(videos)
-        self.targets = targets
+        # a plain ndarray view of a memmap: fancy indexing then skips np.memmap's per-call wrapping
+        self.targets = np.asarray(targets) if targets is not None else None
         self.rows = np.concatenate([np.arange(v.start, v.start + v.count) for v in self.videos]
                                    ) if self.videos else np.zeros(0, dtype=np.int64)
         self.rows = self.rows.astype(np.int64)
@@ -292,14 +298,17 @@ class VideoFrameSampler(Sampler[int]):
             return n
         return (n // self.world_size if self.drop_last else math.ceil(n / self.world_size)) * self.world_size
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> np.ndarray:
+        """This rank's positions for the current epoch, (len(self),) int64: what iterating yields."""
         positions = self._epoch_positions()
         total = self._total(len(positions))
         if total > len(positions) and len(positions):
             reps = math.ceil(total / len(positions))
             positions = np.tile(positions, reps)
-        positions = positions[:total][self.rank::self.world_size]
-        return iter(positions.tolist())
+        return positions[:total][self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order().tolist())
 
     def __len__(self) -> int:
         if self.frames_per_video is None:
@@ -312,13 +321,21 @@ class VideoFrameSampler(Sampler[int]):
 def build_loader(dataset: CodeFrames, batch_size: int, *, train: bool, seed: int = 0,
                  frames_per_video: Optional[int] = None, num_workers: int = 0,
                  device: Union[str, torch.device] = "cpu", rank: int = 0, world_size: int = 1,
-                 ) -> DataLoader:
-    """DataLoader over ``dataset``.
+                 resident: bool = True, on_device: bool = False,
+                 ) -> Union["ResidentLoader", DataLoader]:
+    """Batches of ``dataset``: a :class:`ResidentLoader` (default) or a per-sample ``DataLoader``.
 
     Training: shuffled, ``frames_per_video`` sampling, ``drop_last``; evaluation: every frame in
     order, each rank a disjoint share (no padding, so sums over ranks are exact). ``batch_size`` is
-    per process. Memory is pinned only for CUDA; the loader's ``generator`` (seeded, its state is
-    saved in checkpoints) only seeds worker processes — the order comes from the sampler.
+    per process. Both kinds give the same batches in the same order (the order comes from the
+    sampler alone) and expose ``sampler`` (``set_epoch``), ``generator`` (seeded; its state is
+    saved in checkpoints; it only seeds DataLoader worker processes) and ``len()``.
+
+    Args:
+        resident: ``True``: :class:`ResidentLoader`, batches gathered by index from the
+            in-memory arrays; ``False``: ``torch.utils.data.DataLoader`` with ``num_workers``
+            (memory pinned only for CUDA).
+        on_device: (resident only) keep the split's inputs and targets on ``device``.
     """
     if train:
         sampler = VideoFrameSampler(dataset, frames_per_video, shuffle=True, seed=seed,
@@ -327,10 +344,89 @@ def build_loader(dataset: CodeFrames, batch_size: int, *, train: bool, seed: int
         sampler = _ShardSampler(len(dataset), rank, world_size)
     generator = torch.Generator()
     generator.manual_seed(seed)
+    if resident:
+        return ResidentLoader(dataset, batch_size, sampler, drop_last=train, device=device,
+                              on_device=on_device, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                       num_workers=num_workers, collate_fn=collate_batch,
                       pin_memory=torch.device(device).type == "cuda",
                       persistent_workers=num_workers > 0, generator=generator)
+
+
+class ResidentLoader:
+    """Batches of a :class:`CodeFrames` gathered by index from memory-resident arrays.
+
+    No per-sample ``Dataset`` calls and no collation: each epoch the sampler's order (one numpy
+    array, :meth:`VideoFrameSampler.epoch_order`) is cut into consecutive batches and every batch
+    is one gather per array, so the batches, their order and their values are exactly those of the
+    ``DataLoader`` of :func:`build_loader` (``resident=False``).
+
+    * ``on_device=False``: the arrays stay on the host (the source's inputs, the real-target
+      cache as memory-mapped / page-cached) and each batch is gathered there (pinned for CUDA;
+      the caller copies it with ``non_blocking=True``).
+    * ``on_device=True``: the split's inputs (N, 53) and targets (N, 161) are copied once to
+      ``device`` (in chunks, so the host never holds a second copy) and batches are gathered
+      there: a CUDA step then does no host transfer. VoxCeleb's ≈5.5M frames take ≈4.7 GB.
+
+    Items of a batch: ``input`` (B, 53) float32, ``index`` (B,) int64 (the source rows) and,
+    with targets, ``target`` (B, 161) float32.
+
+    Args:
+        dataset: the split. batch_size: per process. sampler: :class:`VideoFrameSampler` (train)
+        or the evaluation shard sampler (anything with ``epoch_order()`` and ``len()``).
+        drop_last: drop the incomplete last batch. device: the training device.
+        on_device: see above. generator: kept for the checkpoint format (seeded like the
+        ``DataLoader``'s).
+    """
+
+    def __init__(self, dataset: CodeFrames, batch_size: int, sampler: Any, *, drop_last: bool,
+                 device: Union[str, torch.device] = "cpu", on_device: bool = False,
+                 generator: Optional[torch.Generator] = None) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.drop_last = drop_last
+        self.device = torch.device(device)
+        self.on_device = on_device
+        self.generator = generator if generator is not None else torch.Generator()
+        self._tables: dict[str, torch.Tensor] = {}
+        if on_device:
+            self._tables["input"] = _to_device_rows(dataset.source.inputs, dataset.rows, self.device)
+            if dataset.targets is not None:
+                self._tables["target"] = _to_device_rows(dataset.targets, dataset.rows, self.device)
+            self._tables["index"] = torch.from_numpy(dataset.rows).to(self.device)
+        self._pin = self.device.type == "cuda" and not on_device
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.batches(0)
+
+    def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The current epoch's batches from batch ``start`` on (resume inside an epoch: the
+        batches before ``start`` are not gathered)."""
+        order = self.sampler.epoch_order()
+        if self.on_device:
+            order = torch.from_numpy(np.ascontiguousarray(order)).to(self.device)
+        size = self.batch_size
+        for i in range(start, len(self)):
+            positions = order[i * size:(i + 1) * size]
+            if self.on_device:
+                yield {k: table.index_select(0, positions) for k, table in self._tables.items()}
+                continue
+            batch = self.dataset.__getitems__(positions)
+            yield {k: v.pin_memory() for k, v in batch.items()} if self._pin else batch
+
+
+def _to_device_rows(array: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array[rows]`` (N, D) as a float32 tensor on ``device``, copied in chunks of rows."""
+    out = torch.empty((len(rows), array.shape[1]), dtype=torch.float32, device=device)
+    for lo in range(0, len(rows), CHUNK_ROWS):
+        chunk = np.ascontiguousarray(array[rows[lo:lo + CHUNK_ROWS]], dtype=np.float32)
+        out[lo:lo + len(chunk)] = torch.from_numpy(chunk).to(device)
+    return out
 
 
 class _ShardSampler(Sampler[int]):
@@ -341,6 +437,9 @@ class _ShardSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:  # same order every epoch
         pass
+
+    def epoch_order(self) -> np.ndarray:
+        return np.arange(self.rank, self.n, self.world_size, dtype=np.int64)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.n, self.world_size))

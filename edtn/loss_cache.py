@@ -3,6 +3,9 @@
 The real mesh of the EDTN loss depends only on the driving code, so
 :meth:`edtn.losses.GeometryLoss.real_targets` is computed once per dataset, in batches, and stored
 as a float32 ``.npy`` array (N, :data:`~edtn.losses.REAL_TARGET_DIM`) that training memory-maps.
+``real_targets`` evaluates the exact polynomial of the real side (no FLAME forward, tens of
+thousands of samples/s on a CPU; ``scripts/bench_edtn_loss.py`` measures it), so the cache of
+VoxCeleb's ≈5.5M frames takes minutes.
 
 The file name carries a content hash::
 
@@ -36,11 +39,11 @@ __all__ = ["CACHE_FORMAT", "cache_key", "real_target_cache_path", "build_real_ta
 
 _log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "edtn-real-targets/1"
+CACHE_FORMAT = "edtn-real-targets/2"  # /2: values from the polynomial real side
 CACHE_SUFFIX = ".real_targets"
 HASH_CHARS = 16
 HASH_CHUNK_ROWS = 1 << 16
-DEFAULT_BATCH_SIZE = 1024  # FLAME LBS on CPU needs about 0.4 GB per 1024 samples
+DEFAULT_BATCH_SIZE = 2048  # the polynomial real side needs ≈ 25 MB per 2048 samples
 EDTN_INPUT_DIM = 53
 CODE156_DIM = 156
 
@@ -117,7 +120,7 @@ def build_real_target_cache(codes: CodesLike, loss: GeometryLoss,
             (runs on its device).
         cache_dir: folder of the cache file; default: next to the packed codes.
         name: file-name stem; default: the packed file's stem, else ``codes``.
-        batch_size: samples per FLAME forward while building.
+        batch_size: samples per :meth:`~edtn.losses.GeometryLoss.real_targets` call.
         progress: tqdm bar while building.
     Raises:
         ValueError: bad shapes, or non-finite targets (names the first bad row).

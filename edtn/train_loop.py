@@ -26,7 +26,7 @@ from infra.assets import resolve_asset
 from edtn.config import to_plain_dict, validate_config
 from edtn.data import CodeFrames, build_loader, open_split, real_targets_for
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from edtn.losses import GeometryLoss, LossWeights, project_landmarks
+from edtn.losses import LOSS_TERMS, GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.checkpoint import load_torch_file
@@ -46,7 +46,6 @@ DEFAULT_RUN_DIR = Path("outputs/edtn/run")   # used only when neither run_dir no
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "tb"
 LAST_NAME, BEST_NAME = "last.pt", "best.pt"
-LOSS_TERMS = ("vertex", "landmark", "eye", "lip", "total")
 N_MORPHS = 17
 
 
@@ -128,13 +127,13 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     train_set = CodeFrames(train_src, train_videos, train_targets)
     test_set = CodeFrames(test_src, test_videos, test_targets)
     per_rank_batch = cfg.data.batch_size // dist.world_size
+    loader_kind = dict(num_workers=cfg.data.num_workers, device=device, rank=dist.rank,
+                       world_size=dist.world_size, on_device=cfg.data.on_device,
+                       resident=cfg.data.loader.value == "resident")
     train_loader = build_loader(train_set, per_rank_batch, train=True, seed=cfg.seed,
-                                frames_per_video=cfg.data.frames_per_video,
-                                num_workers=cfg.data.num_workers, device=device,
-                                rank=dist.rank, world_size=dist.world_size)
+                                frames_per_video=cfg.data.frames_per_video, **loader_kind)
     test_loader = build_loader(test_set, max(1, cfg.data.eval_batch_size // dist.world_size),
-                               train=False, num_workers=cfg.data.num_workers, device=device,
-                               rank=dist.rank, world_size=dist.world_size)
+                               train=False, **loader_kind)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the training split "
@@ -186,16 +185,19 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
         last_val = {}
 
     # ---------------------------------------------------------------- training
-    stop = cfg.max_steps is not None and step >= cfg.max_steps
+    # Plain values for the step loop (a DictConfig look-up costs microseconds per access).
+    max_steps, log_every, figure_every = cfg.max_steps, cfg.log.every, cfg.log.figure_every
+    stop = max_steps is not None and step >= max_steps
     while epoch < cfg.epochs and not stop:
         model.train()
         train_loader.sampler.set_epoch(epoch)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+        # resuming mid-epoch: the batches before batch_in_epoch were already trained on
+        bar = tqdm(_epoch_batches(train_loader, batch_in_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   total=steps_per_epoch, initial=batch_in_epoch,
                    disable=not (main and cfg.log.progress), dynamic_ncols=True)
-        tick, samples = time.perf_counter(), 0
-        for i, batch in enumerate(bar):
-            if i < batch_in_epoch:   # resuming mid-epoch: these batches were already trained on
-                continue
+        tick, tick_cpu, samples = time.perf_counter(), time.process_time(), 0
+        epoch_tick, epoch_step = tick, step
+        for i, batch in bar:
             x = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True) if "target" in batch else None
             a = model(x)
@@ -206,24 +208,37 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
             step += 1
             samples += x.shape[0] * dist.world_size
 
-            if main and step % cfg.log.every == 0:
-                elapsed = time.perf_counter() - tick
+            if main and step % log_every == 0:
+                # samples/s of the steps since the last log (data, forward, backward, optimiser),
+                # per wall-clock second and per CPU second of this process (all its threads; less
+                # sensitive to other jobs on a shared machine)
+                samples_per_s = samples / max(time.perf_counter() - tick, 1e-9)
+                samples_per_cpu_s = samples / max(time.process_time() - tick_cpu, 1e-9)
                 values = {k: v.detach().item() for k, v in losses.items()}
-                bar.set_postfix(loss=f"{values['total']:.4g}")
+                bar.set_postfix(loss=f"{values['total']:.4g}", samples_per_s=f"{samples_per_s:.0f}")
                 if writer is not None:
                     for k, v in values.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                    writer.add_scalar("train/samples_per_s", samples / max(elapsed, 1e-9), step)
-                tick, samples = time.perf_counter(), 0
-            if writer is not None and cfg.log.figure_every and step % cfg.log.figure_every == 0:
+                    writer.add_scalar("train/samples_per_s", samples_per_s, step)
+                    writer.add_scalar("train/samples_per_cpu_s", samples_per_cpu_s, step)
+                tick, tick_cpu, samples = time.perf_counter(), time.process_time(), 0
+            if writer is not None and figure_every and step % figure_every == 0:
+                pause, pause_cpu = time.perf_counter(), time.process_time()
                 writer.add_figure("train/landmarks_and_morphs",
                                   landmark_morph_figure(loss_fn, x[:1].detach(), a[:1].detach()), step)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+                pause = time.perf_counter() - pause  # drawing is logging, not training
+                tick, epoch_tick = tick + pause, epoch_tick + pause
+                tick_cpu += time.process_time() - pause_cpu
+            if max_steps is not None and step >= max_steps:
                 stop = True
                 batch_in_epoch = i + 1
                 break
         bar.close()
+        if main and step > epoch_step:
+            log.info("epoch %d: %d steps, %.0f samples/s", epoch + 1, step - epoch_step,
+                     (step - epoch_step) * cfg.data.batch_size
+                     / max(time.perf_counter() - epoch_tick, 1e-9))
         if stop and batch_in_epoch < steps_per_epoch:
             # Stopped inside an epoch: save the exact position, no validation.
             if main:
@@ -261,6 +276,14 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
 
 
 # ============================================================================= building blocks
+def _epoch_batches(loader, start: int):
+    """(index, batch) of the current epoch from batch ``start`` on. A :class:`ResidentLoader`
+    jumps straight there; a ``DataLoader`` loads and drops the earlier batches."""
+    if hasattr(loader, "batches"):
+        return enumerate(loader.batches(start), start)
+    return ((i, batch) for i, batch in enumerate(loader) if i >= start)
+
+
 def build_geometry_loss(flame_model: Optional[str], landmark_embedding: Optional[str],
                         basis: Optional[str], weights: LossWeights, impl: str,
                         device: torch.device) -> GeometryLoss:

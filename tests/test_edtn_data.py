@@ -16,8 +16,8 @@ import scipy.io
 import torch
 
 from deca_edit.codes import CodeFileError, code156, edtn_input_from_code156, pack_code_tree, read_code_mat
-from edtn.data import (CodeFrames, VideoFrameSampler, build_loader, open_code_source, open_split,
-                       read_video_list, select_videos)
+from edtn.data import (CodeFrames, ResidentLoader, VideoFrameSampler, build_loader,
+                       open_code_source, open_split, read_video_list, select_videos)
 from edtn.losses import REAL_TARGET_DIM
 
 N_CLIPS, CLIP_LEN = 4, 77   # 4 x 77 = the 308 example frames
@@ -139,25 +139,85 @@ def test_sampler_shards_across_ranks(packed_prefix, drop_last):
         assert set(union) == set(range(231))    # everything covered, 1 frame padded
 
 
-def test_loader_batches_inputs_targets_and_indices(packed_prefix):
+LOADER_KINDS = [dict(resident=False), dict(resident=True), dict(resident=True, on_device=True)]
+LOADER_IDS = ["dataloader", "resident", "resident_on_device"]
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS, ids=LOADER_IDS)
+def test_loader_batches_inputs_targets_and_indices(packed_prefix, kind):
     source = open_code_source(packed_prefix)
     targets = np.arange(308 * REAL_TARGET_DIM, dtype=np.float32).reshape(308, REAL_TARGET_DIM)  # stand-in
     dataset = CodeFrames(source, source.videos[:3], targets)
-    loader = build_loader(dataset, 32, train=True, seed=0, device="cpu")
-    assert loader.pin_memory is False and loader.drop_last is True
+    loader = build_loader(dataset, 32, train=True, seed=0, device="cpu", **kind)
+    if kind["resident"]:
+        assert isinstance(loader, ResidentLoader) and loader.drop_last is True
+    else:
+        assert loader.pin_memory is False and loader.drop_last is True
     batches = list(loader)
     assert len(batches) == len(loader) == 231 // 32
     for batch in batches:
         assert batch["input"].shape == (32, 53) and batch["target"].shape == (32, REAL_TARGET_DIM)
+        assert batch["input"].is_contiguous() and batch["target"].is_contiguous()
         rows = batch["index"].numpy()
         np.testing.assert_array_equal(batch["input"].numpy(), source.inputs[rows])
         np.testing.assert_array_equal(batch["target"].numpy(), targets[rows])
     # evaluation: every frame once, in order, last batch kept
-    eval_loader = build_loader(dataset, 100, train=False)
+    eval_loader = build_loader(dataset, 100, train=False, **kind)
+    assert len(eval_loader) == 3
     rows = torch.cat([b["index"] for b in eval_loader]).numpy()
     np.testing.assert_array_equal(rows, np.arange(231))
     with pytest.raises(ValueError, match="stale cache"):
         CodeFrames(source, source.videos, targets[:10])
+
+
+def _batches(loader, epoch: int) -> list[dict]:
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("frames_per_video", [None, 20])
+def test_resident_loader_gives_the_dataloader_batches(packed_prefix, on_device, frames_per_video):
+    """Same batches, same order, same values as the per-sample DataLoader, every epoch."""
+    source = open_code_source(packed_prefix)
+    targets = np.random.default_rng(0).standard_normal((308, REAL_TARGET_DIM)).astype(np.float32)
+    dataset = CodeFrames(source, source.videos[1:], targets)
+    common = dict(train=True, seed=5, frames_per_video=frames_per_video, device="cpu")
+    old = build_loader(dataset, 16, resident=False, **common)
+    new = build_loader(dataset, 16, resident=True, on_device=on_device, **common)
+    assert len(new) == len(old) > 0
+    for epoch in range(3):
+        expected, got = _batches(old, epoch), _batches(new, epoch)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (epoch, key)
+    # resuming inside an epoch starts at that batch without gathering the earlier ones
+    new.sampler.set_epoch(2)
+    tail = list(new.batches(3))
+    assert [b["index"].tolist() for b in tail] == [b["index"].tolist() for b in got[3:]]
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_resident_loader_shards_each_epoch_once_across_ranks(packed_prefix, on_device):
+    """DDP: the ranks split one epoch order (drawn once from (seed, epoch)), disjointly."""
+    source = open_code_source(packed_prefix)
+    dataset = CodeFrames(source, source.videos)            # 308 frames
+    world, batch = 3, 8
+    loaders = [build_loader(dataset, batch, train=True, seed=2, device="cpu", rank=r,
+                            world_size=world, on_device=on_device) for r in range(world)]
+    whole = VideoFrameSampler(dataset, None, seed=2)       # the one order of the epoch
+    for epoch in (0, 1):
+        per_rank = [torch.cat([b["index"] for b in _batches(loader, epoch)]).numpy()
+                    for loader in loaders]
+        assert {len(rows) for rows in per_rank} == {(308 // world) // batch * batch}   # 96
+        flat = np.concatenate(per_rank)
+        assert len(set(flat.tolist())) == len(flat)        # no frame on two ranks
+        whole.set_epoch(epoch)
+        order = whole.epoch_order()
+        for r, rows in enumerate(per_rank):                # rank r takes positions r, r+W, ...
+            np.testing.assert_array_equal(rows, dataset.rows[order[r::world][:len(rows)]])
 
 
 def test_nan_row_in_packed_file_names_file_video_and_frame(packed_prefix, tmp_path):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from deca_edit.codes import PackedCodes, edtn_input_from_code156, write_packed_codes
+from deca_edit.codes import (PackedCodes, code156, edtn_input_from_code156, read_code_mat,
+                             write_packed_codes)
 from deca_edit.flame import FLAME
 from edtn.loss_cache import build_real_target_cache
 from edtn.losses import (EYE_PAIRS, LIP_PAIRS, REAL_SLICE_EYE, REAL_SLICE_LANDMARKS,
                          REAL_SLICE_LIP, REAL_SLICE_PROJ, REAL_SLICE_RESIDUAL, REAL_TARGET_DIM,
-                         GeometryLoss, LossWeights,
+                         FusedFastLoss, GeometryLoss, LossWeights, fast_loss_terms,
                          landmark_weights68, load_basis, pair_distances, project_landmarks)
 from infra.assets import AssetError
 from edtn.model import load_edtn
@@ -53,6 +54,11 @@ def loss_ref64(loss_ref):
 @pytest.fixture(scope="module")
 def loss_fast(flame, basis):
     return GeometryLoss(flame, basis, impl="fast")
+
+
+@pytest.fixture(scope="module")
+def loss_fast64(loss_fast):
+    return copy.deepcopy(loss_fast).double()
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +188,169 @@ def test_fast_float64_matches_reference_float64_and_kit(loss_ref, loss_fast, kit
         np.testing.assert_allclose(fast[name].item(), kit[f"{group}_{key}"], rtol=1e-5, err_msg=name)
     torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(grad_fast.numpy(), kit[f"{group}_grad_loss_G_wrt_a"], rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- fast real side
+REAL_FIELDS = {"projection": REAL_SLICE_PROJ, "landmarks": REAL_SLICE_LANDMARKS,
+               "eye": REAL_SLICE_EYE, "lip": REAL_SLICE_LIP, "residual": REAL_SLICE_RESIDUAL}
+
+
+@pytest.fixture(scope="module")
+def vox_inputs308(authors_dir) -> torch.Tensor:
+    """EDTN inputs (308, 53) of the authors' 308 example frames."""
+    files = sorted((authors_dir / "vox_deca").glob("*.mat"))
+    assert len(files) == 308
+    return torch.from_numpy(edtn_input_from_code156(np.stack([code156(read_code_mat(f)) for f in files])))
+
+
+def _random_codes_large_jaw() -> torch.Tensor:
+    """(160, 53): expressions N(0, 1.5²); jaw axis-angles of every size up to 3 rad (> 170°),
+    along the axes, and exactly zero."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(160, 53, generator=gen) * 1.5
+    axis = torch.nn.functional.normalize(torch.randn(160, 3, generator=gen), dim=1)
+    x[:, 50:] = axis * torch.linspace(0.0, 3.0, 160).unsqueeze(1)
+    x[:3, 50:] = 0.8 * torch.eye(3)   # pure pitch / yaw / roll of the jaw
+    x[3, 50:] = 0.0
+    return x
+
+
+def _field_errors(fast: torch.Tensor, flame: torch.Tensor) -> dict[str, float]:
+    """Relative error per field: ‖fast − flame‖ / ‖flame‖ over the whole batch (Frobenius)."""
+    fast, flame = fast.double(), flame.double()
+    return {name: float(torch.linalg.norm(fast[:, sl] - flame[:, sl]) / torch.linalg.norm(flame[:, sl]))
+            for name, sl in REAL_FIELDS.items()}
+
+
+@pytest.mark.parametrize("codes", ["vox308", "random_large_jaw"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_real_targets_equal_the_flame_path(loss_fast, loss_fast64, vox_inputs308, codes, dtype):
+    """The polynomial real side agrees with the full FLAME forward on every field."""
+    loss = loss_fast if dtype == torch.float32 else loss_fast64
+    x = (vox_inputs308 if codes == "vox308" else _random_codes_large_jaw()).to(dtype)
+    fast = loss.real_targets(x)
+    flame = loss.real_targets(x, impl="flame")
+    assert fast.dtype == flame.dtype == dtype and fast.shape == flame.shape == (len(x), REAL_TARGET_DIM)
+    errors = _field_errors(fast, flame)
+    # float32: both carry float32 rounding (the FLAME path's dominates); float64: exact to rounding
+    limit = 1e-6 if dtype == torch.float32 else 1e-11
+    assert max(errors.values()) < limit, errors
+    if dtype == torch.float64:   # also sample by sample, entry by entry, relative to the field
+        for name, sl in REAL_FIELDS.items():
+            scale = flame[:, sl].abs().amax(dim=1, keepdim=True)
+            assert float(((fast[:, sl] - flame[:, sl]).abs() / scale).max()) < 1e-11, name
+    assert (fast[:, REAL_SLICE_RESIDUAL] >= 0).all()
+
+
+def test_real_targets_impl_is_checked(loss_fast, edtn_input):
+    with pytest.raises(ValueError, match="impl"):
+        loss_fast.real_targets(edtn_input, impl="approx")
+
+
+# ----------------------------------------------------------------------------- fused loss
+def _fused_and_autograd(loss, a, targets, combine):
+    """Values and ∂combine(terms)/∂a of the fused node and of the plain-autograd formula."""
+    out = []
+    for forward in (loss.forward_fast, loss.forward_fast_autograd):
+        leaf = a.detach().clone().requires_grad_(True)
+        terms = forward(leaf, targets)
+        (grad,) = torch.autograd.grad(combine(terms), leaf)
+        out.append(({k: v.detach() for k, v in terms.items()}, grad))
+    return out
+
+
+COMBINATIONS = {
+    "total": lambda t: t["total"],
+    "vertex": lambda t: t["vertex"],
+    "landmark": lambda t: 3.0 * t["landmark"],
+    "eye": lambda t: t["eye"],
+    "lip": lambda t: t["lip"],
+    "eye+2total": lambda t: t["eye"] + 2.0 * t["total"],
+}
+
+
+@pytest.mark.parametrize("combination", list(COMBINATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_loss_equals_autograd(loss_fast, loss_fast64, vox_inputs308, combination, dtype):
+    loss = loss_fast if dtype == torch.float32 else loss_fast64
+    x = vox_inputs308[:64].to(dtype)
+    targets = loss.real_targets(x)
+    a = torch.rand(64, 17, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    (fused, grad_fused), (ref, grad_ref) = _fused_and_autograd(loss, a, targets,
+                                                               COMBINATIONS[combination])
+    rtol = 1e-6 if dtype == torch.float64 else 1e-5
+    for name in TERMS:
+        torch.testing.assert_close(fused[name], ref[name], rtol=rtol, atol=0, msg=name)
+    scale = float(grad_ref.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(grad_fused, grad_ref, rtol=rtol, atol=rtol * 1e-3 * scale)
+    if dtype == torch.float64:
+        assert float((grad_fused - grad_ref).abs().max()) <= 1e-6 * scale
+
+
+def test_fused_loss_at_the_l1_kinks(loss_fast64, vox_inputs308):
+    """Landmark and distance errors that are exactly zero: sign(0) = 0, as autograd has it."""
+    loss = loss_fast64
+    x = vox_inputs308[:32].double()
+    targets = loss.real_targets(x).clone()
+    a = torch.rand(32, 17, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    consts = loss._fast_consts(a.dtype, a.device)
+    fused = torch.addmm(consts.offset, a, consts.weight_t)          # the fake side, same op
+    n_head = REAL_SLICE_LANDMARKS.stop
+    fake_dist = fused[:, n_head:].reshape(32, -1, 2).pow(2).sum(dim=-1).sqrt()
+    # half the samples: every landmark exactly on the real one; some pairs: the exact distance
+    targets[::2, REAL_SLICE_LANDMARKS] = fused[::2, REAL_SLICE_LANDMARKS]
+    dist = slice(REAL_SLICE_EYE.start, REAL_SLICE_LIP.stop)
+    targets[1::2, dist] = fake_dist[1::2]
+    targets[::4, REAL_SLICE_PROJ] = fused[::4, REAL_SLICE_PROJ]     # vertex term: smooth anyway
+    assert (fused[::2, REAL_SLICE_LANDMARKS] - targets[::2, REAL_SLICE_LANDMARKS]).eq(0).all()
+    for combination in ("total", "landmark", "eye", "eye+2total"):
+        (values, grad_fused), (ref, grad_ref) = _fused_and_autograd(
+            loss, a, targets, COMBINATIONS[combination])
+        scale = float(grad_ref.abs().max())
+        assert float((grad_fused - grad_ref).abs().max()) <= 1e-6 * scale, combination
+    # the kinks contribute nothing: gradient of the landmark term on the samples at the kink is 0
+    (_, grad_lmk), _ = _fused_and_autograd(loss, a, targets, COMBINATIONS["landmark"])
+    assert grad_lmk[::2].eq(0).all() and grad_lmk[1::2].ne(0).any()
+    (_, grad_eye), _ = _fused_and_autograd(loss, a, targets, COMBINATIONS["eye"])
+    assert grad_eye[1::2].eq(0).all() and grad_eye[::2].ne(0).any()
+
+
+def test_fused_loss_at_a_zero_fake_distance_gives_nan_like_autograd(loss_fast64, vox_inputs308):
+    """A fake eyelid distance of exactly 0 (a = 0, pair offsets 0): NaN in that sample's
+    gradient, as autograd's sqrt backward gives; the other samples are untouched."""
+    loss = loss_fast64
+    x = vox_inputs308[:8].double()
+    targets = loss.real_targets(x)
+    a = torch.rand(8, 17, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a[3] = 0.0
+    consts = loss._fast_consts(a.dtype, a.device)
+    offset = consts.offset.clone()
+    offset[REAL_SLICE_LANDMARKS.stop:REAL_SLICE_LANDMARKS.stop + 2] = 0.0   # first eye pair
+    zeroed = consts._replace(offset=offset)
+    grads = []
+    for fused_path in (True, False):
+        leaf = a.clone().requires_grad_(True)
+        if fused_path:
+            total = FusedFastLoss.apply(leaf, targets, zeroed)[-1]
+        else:
+            total = fast_loss_terms(leaf, targets, zeroed.weight_t, zeroed.offset,
+                                    zeroed.n_vertex_coords, zeroed.weights)["total"]
+        grads.append(torch.autograd.grad(total, leaf)[0])
+    fused, ref = grads
+    assert torch.isnan(ref[3]).all() and torch.equal(torch.isnan(fused), torch.isnan(ref))
+    keep = torch.arange(8) != 3
+    torch.testing.assert_close(fused[keep], ref[keep], rtol=1e-10, atol=1e-14)
+
+
+def test_fused_loss_without_grad_and_through_the_module(loss_fast, edtn_input):
+    a = torch.rand(16, 17, requires_grad=True)
+    targets = loss_fast.real_targets(edtn_input)
+    with torch.no_grad():
+        terms = loss_fast(a, edtn_input, targets)
+    assert not terms["total"].requires_grad and set(terms) == set(TERMS)
+    terms = loss_fast(a, edtn_input, targets)
+    assert terms["total"].grad_fn is not None and "FusedFastLoss" in type(terms["total"].grad_fn).__name__
 
 
 def test_bad_inputs_raise(loss_fast, flame, basis, edtn_input):

@@ -114,6 +114,15 @@ def test_unknown_loss_impl_is_rejected():
         compose_train(["loss.impl=fastest"])
 
 
+def test_data_loader_settings_are_checked():
+    cfg = validate_config(compose_train(["data.train=x"]))
+    assert cfg.data.loader.value == "resident" and cfg.data.on_device is False
+    with pytest.raises(Exception, match="data.loader"):
+        compose_train(["data.train=x", "data.loader=threads"])
+    with pytest.raises(ValueError, match="data.on_device"):
+        validate_config(compose_train(["data.train=x", "data.loader=dataloader", "data.on_device=true"]))
+
+
 # ----------------------------------------------------------------------------- training
 def test_short_run_halves_validation_loss(kit_overrides, tmp_path):
     run_dir = tmp_path / "run"
@@ -140,7 +149,7 @@ def test_short_run_halves_validation_loss(kit_overrides, tmp_path):
     tags = set(events.Tags()["scalars"])
     for term in ("vertex", "landmark", "eye", "lip", "total"):
         assert f"train/{term}" in tags and f"val/{term}" in tags
-    assert {"train/lr", "train/samples_per_s"} <= tags
+    assert {"train/lr", "train/samples_per_s", "train/samples_per_cpu_s"} <= tags
     assert "train/landmarks_and_morphs" in events.Tags()["images"]
 
 
@@ -168,6 +177,34 @@ def test_resume_is_bit_identical(kit_overrides, tmp_path):
         for key, value in reference.items():
             assert torch.equal(value, weights[key]), (other, key)
     assert resumed["last_val"] == full["last_val"] == resumed_mid["last_val"]
+
+
+def _train_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if tag.startswith("train/") and "samples" not in tag}
+
+
+def test_resident_loader_trains_bit_identically_to_the_dataloader(kit_overrides, tmp_path):
+    """100 steps (15 epochs of 7, with validation) through the per-sample DataLoader, the
+    resident loader and the resident loader with the data on the (CPU) device: every logged loss
+    of every step and the final weights are bit-identical."""
+    base = kit_overrides + ["epochs=15", "max_steps=100", "log.every=1"]
+    runs = {"dataloader": ["data.loader=dataloader"], "resident": ["data.loader=resident"],
+            "on_device": ["data.loader=resident", "data.on_device=true"]}
+    results, scalars = {}, {}
+    for name, extra in runs.items():
+        results[name] = run(compose_train(base + extra + [f"run_dir={tmp_path / name}"]))
+        scalars[name] = _train_scalars(tmp_path / name)
+    reference = scalars["dataloader"]
+    assert len(reference["train/total"]) == 100 and results["dataloader"]["step"] == 100
+    weights = _weights(tmp_path / "dataloader" / "checkpoints" / "last.pt")
+    for name in ("resident", "on_device"):
+        assert scalars[name] == reference, name       # exact float equality, all terms, all steps
+        assert results[name]["initial_val"] == results["dataloader"]["initial_val"]
+        other = _weights(tmp_path / name / "checkpoints" / "last.pt")
+        assert all(torch.equal(value, other[key]) for key, value in weights.items()), name
 
 
 def test_reference_loss_impl_trains_the_same_as_fast(kit_overrides, tmp_path):
