@@ -180,9 +180,10 @@ def square_from_box(box: FaceBox, scale: float = CROP_SCALE) -> tuple[float, flo
     if box.kind not in BOX_KINDS:
         raise ValueError(f"face box kind must be one of {BOX_KINDS}, got {box.kind!r}")
     side = (width + height) / 2.0
-    cx = box.x1 - width / 2.0
-    if box.kind == "kpt68":
-        return cx, box.y1 - height / 2.0, float(int(side * KPT68_SIZE_FACTOR * scale))
+    if box.kind == "kpt68":  # DECA's arithmetic: centre = right - (right - left)/2
+        return (box.x1 - width / 2.0, box.y1 - height / 2.0,
+                float(int(side * KPT68_SIZE_FACTOR * scale)))
+    cx = (box.x0 + box.x1) / 2.0
     cy = (box.y0 + box.y1) / 2.0 + box.center_shift * side
     return cx, cy, side * scale
 
@@ -427,7 +428,7 @@ class FanKpt68Detector:
         return [] if points is None else [kpt68_box(points)]
 
 
-DETECTOR_CHOICES = ("auto", "fan", "face_alignment", "dlib")
+DETECTOR_CHOICES = ("auto", "fan", "dlib", "face_alignment")   # face_alignment: old name of fan
 DETECTOR_ALIASES = {"face_alignment": "fan"}
 
 
@@ -456,18 +457,18 @@ def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weight
     except AssetError:
         if kind == "fan":
             raise
-        warnings.warn("face-alignment's S3FD weights (asset 'face_detector') not found; using dlib's HOG "
-                      "face detector instead (frontal faces only). Run scripts/fetch_assets.py to get them.",
-                      stacklevel=2)
+        _logger.warning("face-alignment's S3FD weights (asset 'face_detector') not found; using "
+                        "dlib's HOG face detector instead (frontal faces only). Run "
+                        "scripts/fetch_assets.py to get them.")
         return DlibFaceDetector()
     try:
         return FanKpt68Detector(boxes, FanLandmarker(landmarker_weights, device))
     except AssetError:
         if landmarker_weights not in (None, ""):
             raise
-        warnings.warn("face-alignment's 2D-FAN-4 weights (asset 'face_landmarker') not found; cropping "
-                      "from S3FD boxes, which differs from the original's landmark (kpt68) crop. Run "
-                      "scripts/fetch_assets.py to get them.", stacklevel=2)
+        _logger.warning("face-alignment's 2D-FAN-4 weights (asset 'face_landmarker') not found; "
+                        "cropping from S3FD boxes, which differs from the original's landmark (kpt68) "
+                        "crop. Run scripts/fetch_assets.py to get them.")
         return boxes
 
 
