@@ -1,7 +1,8 @@
 """Inference pipeline: a video of a person → the same head motion on an anime character.
 
     driving input ──► face crop 224² + DECA coarse encoder   (skipped for DECA code inputs)
-                  ──► morph mapping (EDTN: exp 50 ⊕ jaw 3 → 17 morphs)
+                  ──► morph mapping (exp 50 ⊕ jaw 3 → 17 morphs: EDTN, or mapping=basis_fit |
+                      vertex_fit, the training-free baselines of edtn.mappings)
                   ──► pose post-processing (reenact.pose: angle mode, relative, mouth gain, smoothing)
                   ──► anime generator (source image + pose → frame)   (skipped with render=none)
                   ──► writer (.mp4 / .gif / image / PNG folder) + pose export (CSV / NPY)
@@ -158,10 +159,11 @@ class ReenactmentPipeline:
         fps = cfg.fps or codes.fps or cfg.default_fps
 
         t0 = time.perf_counter()
-        mapper = MorphMapper(self.assets.edtn, device=cfg.device)
-        with self.progress.stage("edtn", len(codes.code156)) as advance:
+        mapping = cfg.mapping.value
+        mapper = MorphMapper.from_assets(self.assets, mapping, device=cfg.device)
+        with self.progress.stage(mapping, len(codes.code156)) as advance:
             morphs = mapper(codes.code156, on_frames=advance)
-        seconds["edtn"] = time.perf_counter() - t0
+        seconds[mapping] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         global_pose = torch.from_numpy(codes.code156[:, CODE156_GLOBAL].copy())
