@@ -59,6 +59,7 @@ __all__ = [
     "SfdFaceDetector",
     "FanLandmarker",
     "FanKpt68Detector",
+    "fan_decode",
     "load_fan_network",
     "kpt68_box",
     "similarity_matrix",
@@ -88,6 +89,7 @@ FAN_CENTER_SHIFT = 0.12
 FAN_REFERENCE_SCALE = 195.0
 FAN_INPUT_SIZE = 256
 FAN_LANDMARKS = 68
+FAN_HEATMAP_EDGE = 63           # face-alignment's hard-coded "not on the border" bound of its 64² maps
 UINT8_MAX = 255.0
 UINT16_TO_UINT8 = 257.0
 
@@ -351,12 +353,40 @@ def load_fan_network(path=None, device: str | torch.device = "cpu") -> torch.nn.
     return network.to(device).eval()
 
 
+def fan_decode(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """face-alignment's heatmap decoding (``get_preds_fromhm``), vectorised: heatmaps (B, 68, H, W),
+    crop centres (B, 2) and scales (B,) -> landmarks (B, 68, 2) float32 in image pixels.
+
+    Per map: the argmax (1-based x, y), moved by ±0.25 towards the larger neighbour on each axis
+    when the peak is not on the border (face-alignment tests 0 < p < 63), minus 0.5, then mapped
+    back through the crop (side 200·scale, ``resolution`` = H) and truncated to integers, as
+    face-alignment's ``transform(..., invert=True)`` returns them.
+    """
+    b, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(b, k, -1)
+    index = flat.argmax(axis=2)
+    px, py = index % w, index // w  # 0-based peak
+    inner = (px > 0) & (px < FAN_HEATMAP_EDGE) & (py > 0) & (py < FAN_HEATMAP_EDGE)
+    xs, ys = np.clip(px, 1, w - 2), np.clip(py, 1, h - 2)
+    maps = heatmaps.reshape(b * k, h, w)
+    n = np.arange(b * k)
+    dx = maps[n, ys.ravel(), xs.ravel() + 1] - maps[n, ys.ravel(), xs.ravel() - 1]
+    dy = maps[n, ys.ravel() + 1, xs.ravel()] - maps[n, ys.ravel() - 1, xs.ravel()]
+    shift = np.stack([np.sign(dx), np.sign(dy)], axis=1).reshape(b, k, 2) * 0.25
+    preds = np.stack([px + 1.0, py + 1.0], axis=2).astype(np.float32)
+    preds = preds + np.where(inner[..., None], shift, 0.0).astype(np.float32) - np.float32(0.5)
+    side = 200.0 * np.asarray(scales, np.float64).reshape(b, 1, 1)
+    origin = np.asarray(centers, np.float64).reshape(b, 1, 2) - side / 2.0
+    return np.trunc(preds * side / h + origin).astype(np.float32)
+
+
 class FanLandmarker:
     """face-alignment's 2D-FAN-4 on a face box -> 68 landmarks (0-based iBUG order, image pixels).
 
-    The crop and the decoding are face-alignment's own (``face_alignment.utils.crop`` of the box
-    with its 0.12 upward shift and scale (w + h)/195; ``get_preds_fromhm`` with its ±0.25 sub-pixel
-    shift). ``flip_input=False`` as DECA's FAN detector runs it.
+    The crop is face-alignment's own (``face_alignment.utils.crop`` of the box with its 0.12
+    upward shift and scale (w + h)/195), the decoding its ``get_preds_fromhm`` rule
+    (:func:`fan_decode`; a numpy version, since face-alignment's compiles with numba on every
+    start). ``flip_input=False`` as DECA's FAN detector runs it.
 
     Args:
         path: 2D-FAN-4 weights (asset ``face_landmarker``).
@@ -379,7 +409,7 @@ class FanLandmarker:
     @torch.no_grad()
     def __call__(self, image: np.ndarray, boxes: Sequence[FaceBox]) -> np.ndarray:
         """Landmarks (len(boxes), 68, 2) float32 of the faces in ``boxes`` of one RGB image."""
-        from face_alignment.utils import crop, flip, get_preds_fromhm
+        from face_alignment.utils import crop, flip
 
         image = to_rgb_uint8(image)
         if not boxes:
@@ -390,12 +420,9 @@ class FanLandmarker:
         heatmaps = self._heatmaps(batch)
         if self.flip_input:
             heatmaps = heatmaps + flip(self._heatmaps(flip(batch)), is_label=True)
-        heatmaps = heatmaps.float().cpu().numpy()
-        out = np.zeros((len(boxes), FAN_LANDMARKS, 2), np.float32)
-        for i, (center, scale) in enumerate(geometry):
-            _, points, _ = get_preds_fromhm(heatmaps[i:i + 1], center, scale)
-            out[i] = points.reshape(FAN_LANDMARKS, 2)
-        return out
+        centers = np.stack([c for c, _ in geometry])
+        scales = np.array([s for _, s in geometry])
+        return fan_decode(heatmaps.float().cpu().numpy(), centers, scales)
 
     def _heatmaps(self, batch: torch.Tensor) -> torch.Tensor:
         out = self.network(batch)

@@ -28,18 +28,23 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_KEYS_LISTED = 12
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe_fallback: bool = True) -> Any:
     """``torch.load(path, map_location)`` with ``weights_only=True``.
 
     Trainer checkpoints (DECA's tar, Lightning ``.ckpt``) may pickle argparse Namespaces or
     hyper-parameter dicts next to the weights, which the safe loader refuses
     (``pickle.UnpicklingError``). Such a file is then loaded fully, with a logged warning: only
-    files the user pointed us to get here, but unpickling can run code. Other errors (a missing,
-    truncated or foreign file) propagate unchanged.
+    files the user pointed us to get here, but unpickling can run code. With
+    ``allow_unsafe_fallback=False`` (files that are plain tensor dicts, e.g. the FID Inception
+    weights) it raises ``ValueError`` instead. Other errors (a missing, truncated or foreign
+    file) propagate unchanged.
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not allow_unsafe_fallback:
+            raise ValueError(f"{path} holds pickled objects besides tensors; it is not loaded "
+                             f"(weights_only=True refused it: {str(exc).splitlines()[0]})") from exc
         _logger.warning("%s holds pickled non-tensor objects; loading it with weights_only=False "
                         "(only do this for files you trust)", path)
         return torch.load(path, map_location=map_location, weights_only=False)

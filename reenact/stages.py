@@ -264,6 +264,11 @@ class AnimeRenderer:
                                asset=f"generator_{style}")
         self.generator = prepare_for_inference(model).eval()
         self.image_size = self.generator.config.image_size
+        self.set_source(source, source_composite)
+
+    def set_source(self, source: str | Path, source_composite: str = "round") -> None:
+        """Animate another source image; the generator stays loaded (evaluation renders many
+        characters)."""
         self.source = load_source_image(source, self.image_size, source_composite).to(self.device)
 
     @torch.inference_mode()
