@@ -29,7 +29,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,8 @@ from edtn.losses import REAL_SLICE_PROJ  # noqa: E402
 from edtn.model import EDTN  # noqa: E402
 from infra.assets import resolve_asset_or_fallback  # noqa: E402
 from infra.runtime import resolve_device  # noqa: E402
+from bench_flame import SHARED, SHARED_EMBEDDING, SYNTHETIC_MODEL, time_case  # noqa: E402  (scripts/)
 
-SHARED = Path(os.environ.get("EDTN_SHARED", REPO_ROOT.parent / "shared"))
-SYNTHETIC_MODEL = SHARED / "reference" / "parity" / "flame_deca" / "synthetic_generic_model.pkl"
-SHARED_EMBEDDING = SHARED / "reference" / "deca" / "landmark_embedding.npy"
 SHARED_BASIS = SHARED / "reference" / "authors" / "transform_matrix_08_30.npy"
 SHARED_CODES = SHARED / "reference" / "authors" / "vox_deca"
 SHARED_SOURCE = SHARED / "reference" / "authors" / "basis.png"
@@ -70,24 +67,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     p.add_argument("--out", default="bench_results/bench_mappings.json", help="JSON output")
     return p.parse_args()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step, device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def example_inputs(folder: Path, batch: int) -> torch.Tensor:
@@ -123,7 +102,7 @@ def bench_mappings(args, device) -> list[dict]:
              ("vertex_fit: solve", lambda: solve_box_qp(vertex_fit.gram, linear))]
     rows = []
     for name, step in cases:
-        seconds = median_seconds(step, device, args.warmup, args.repeats)
+        seconds = time_case(step, device, args.warmup, args.repeats)
         rows.append({"case": name, "batch": args.batch, "median_ms": 1e3 * seconds,
                      "frames_per_s": args.batch / seconds})
     ceiling = rows[0]["frames_per_s"]
@@ -165,7 +144,7 @@ def bench_renderer(args, device) -> list[dict]:
         seconds = statistics.median(runs[args.warmup:])
         renderer = AnimeRenderer(tmp / "generator.pt", anime / "basis.png", use_ema=False, device=device)
         poses = torch.zeros(args.render_batch, 20)
-        bare = median_seconds(lambda: renderer.render(poses), device, args.warmup, args.repeats)
+        bare = time_case(lambda: renderer.render(poses), device, args.warmup, args.repeats)
     n = len(frames)
     ceiling = args.render_batch / bare
     return [{"case": "generator forward [ceiling]", "batch": args.render_batch, "median_ms": 1e3 * bare,

@@ -86,18 +86,20 @@ def cmd_kdr(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace):
     from reenact.evaluation.experiments import EvalSettings
+    from reenact.evaluation.render import RenderSettings
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    render = RenderSettings(generator_path=args.generator, generator_style=args.style, use_ema=not args.no_ema,
+                            basis_path=args.basis, flame_path=args.flame,
+                            landmark_embedding_path=args.landmark_embedding, batch_size=args.batch_size)
     return EvalSettings(
         protocol=args.protocol, vox_codes=args.vox_codes, vox_images=args.vox_images, anime_root=args.anime_root,
-        out=args.out, generator_path=args.generator, generator_style=args.style, use_ema=not args.no_ema,
-        basis_path=args.basis, flame_path=args.flame, landmark_embedding_path=args.landmark_embedding,
-        inception_path=getattr(args, "inception", None), fid_feature_layer=getattr(args, "fid_feature_layer", "2048"),
-        anime_landmarker_path=args.anime_landmarker,
+        out=args.out, render=render, inception_path=getattr(args, "inception", None),
+        fid_feature_layer=getattr(args, "fid_feature_layer", "2048"), anime_landmarker_path=args.anime_landmarker,
         face_landmarker_path=args.face_landmarker, human_box=args.human_box,
         real_dir=getattr(args, "real", None), real_per_identity=getattr(args, "real_per_identity", None) or None,
-        device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+        device=args.device, progress=not args.no_progress)
 
 
 def _print_table(result: dict) -> None:

@@ -73,10 +73,10 @@ def world(authors_dir, generator_kit, deca_dir, synthetic_flame_path, tmp_path_f
 
 
 def _settings(w, **overrides):
+    files = RenderSettings(generator_path=str(w["generator"]), basis_path=str(w["basis"]),
+                           flame_path=str(w["flame"]), landmark_embedding_path=str(w["embedding"]))
     values = dict(protocol=w["protocol"], vox_codes=w["codes"], vox_images=w["images"], anime_root=w["anime_root"],
-                  out=w["out"], generator_path=str(w["generator"]), basis_path=str(w["basis"]),
-                  flame_path=str(w["flame"]), landmark_embedding_path=str(w["embedding"]),
-                  inception_path=str(w["inception"]), fid_feature_layer=FID_LAYER,
+                  out=w["out"], render=files, inception_path=str(w["inception"]), fid_feature_layer=FID_LAYER,
                   anime_landmarker_path=str(w["anime_landmarker"]), face_landmarker_path=str(w["fan"]),
                   human_box="frame", real_per_identity=4, device="cpu", progress=False)
     values.update(overrides)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -62,15 +62,16 @@ class EvalSettings:
         protocol: the protocol CSV. vox_codes: DECA codes of the test videos (``<vox>/deca/test``
             or a packed file). vox_images: the driving frames ``<vox>/images/test`` (KDR).
         anime_root: AnimeCeleb root. out: the results folder.
-        generator_path / generator_style / use_ema: the generator.
-        basis_path, flame_path, landmark_embedding_path: morph basis and FLAME (fits, geometry).
+        render: the render settings shared by the methods (generator, basis and FLAME files,
+            batch size); each method sets its ``mapping`` / ``edtn_path``. Its basis and FLAME
+            also define the geometry errors.
         inception_path: FID Inception weights. anime_landmarker_path: the 28-point anime model.
         face_landmarker_path: 2D-FAN-4. human_box: face boxes of the human side (``auto``: S3FD
             when present else dlib; ``frame``: the whole frame).
         fid_feature_layer: Inception features of the FID (``2048`` = the standard FID).
         real_dir: a prepared FID real set (default ``<out>/real_<size>``);
         real_per_identity / real_seed: its sampling.
-        device, batch_size, progress: runtime.
+        device, progress: runtime (``device`` also applies to the renders).
     """
 
     protocol: Path
@@ -78,12 +79,7 @@ class EvalSettings:
     anime_root: Path
     out: Path
     vox_images: Optional[Path] = None
-    generator_path: Optional[str] = None
-    generator_style: str = "default"
-    use_ema: bool = True
-    basis_path: Optional[str] = None
-    flame_path: Optional[str] = None
-    landmark_embedding_path: Optional[str] = None
+    render: RenderSettings = field(default_factory=RenderSettings)
     inception_path: Optional[str] = None
     anime_landmarker_path: Optional[str] = None
     face_landmarker_path: Optional[str] = None
@@ -93,7 +89,6 @@ class EvalSettings:
     real_per_identity: Optional[int] = DEFAULT_REAL_PER_IDENTITY
     real_seed: int = 0
     device: str = "auto"
-    batch_size: int = 16
     progress: bool = True
 
 
@@ -221,7 +216,7 @@ def score_method(method: Method, pairs: Sequence[EvalPair], codes: VoxCodes, set
     digest = protocol_digest(pairs)
     key = {"kind": kind, "protocol": digest, "method": asdict(method), "edtn": _file_key(method.edtn_path),
            "render": json.loads((render_dir / "render.json").read_text(encoding="utf-8")),
-           "flame": _file_key(settings.flame_path), "human_box": settings.human_box,
+           "flame": _file_key(settings.render.flame_path), "human_box": settings.human_box,
            "real": [len(real.real), str(real.real[0].parent)] if real else None,
            "inception": _file_key(settings.inception_path), "fid_layer": settings.fid_feature_layer}
     cache = settings.out / "scores" / f"{kind}_{method.name}.json"
@@ -229,9 +224,9 @@ def score_method(method: Method, pairs: Sequence[EvalPair], codes: VoxCodes, set
         stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("key") == key:
             return stored["scores"]
-    mapping = build_mapping(method.mapping, edtn_path=method.edtn_path, basis_path=settings.basis_path,
-                            flame_path=settings.flame_path,
-                            landmark_embedding_path=settings.landmark_embedding_path,
+    files = settings.render
+    mapping = build_mapping(method.mapping, edtn_path=method.edtn_path, basis_path=files.basis_path,
+                            flame_path=files.flame_path, landmark_embedding_path=files.landmark_embedding_path,
                             device=loss_fn.basis.device)
     inputs = torch.from_numpy(np.concatenate([_inputs53(codes, p) for p in pairs]))
     scores = {k: v for k, v in geometry_errors(mapping, inputs, loss_fn).items()
@@ -279,7 +274,8 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
                    images_root=settings.vox_images)
     device = resolve_device(settings.device)
     # Every file before any work: a missing one stops here, naming it.
-    resolve_asset(f"generator_{settings.generator_style}", settings.generator_path)
+    template = replace(settings.render, device=settings.device)
+    resolve_asset(f"generator_{template.generator_style}", template.generator_path)
     for method in methods:
         if method.mapping == "edtn":
             resolve_asset("edtn_weights", method.edtn_path)
@@ -289,16 +285,12 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
         resolve_asset("inception_fid", settings.inception_path)
     if settings.vox_images is None:
         raise ValueError("KDR needs the driving frames: pass the VoxCeleb test images folder (vox_images)")
-    loss_fn = build_geometry_loss(settings.flame_path, settings.landmark_embedding_path, settings.basis_path,
+    loss_fn = build_geometry_loss(template.flame_path, template.landmark_embedding_path, template.basis_path,
                                   LossWeights(), "fast", device)
 
     render_reports = {}
     for method in methods:
-        render_settings = RenderSettings(
-            mapping=method.mapping, edtn_path=method.edtn_path, basis_path=settings.basis_path,
-            flame_path=settings.flame_path, landmark_embedding_path=settings.landmark_embedding_path,
-            generator_path=settings.generator_path, generator_style=settings.generator_style,
-            use_ema=settings.use_ema, batch_size=settings.batch_size, device=settings.device)
+        render_settings = replace(template, mapping=method.mapping, edtn_path=method.edtn_path)
         render_reports[method.name] = render_protocol(pairs, codes, settings.anime_root,
                                                       out / "render" / method.name, render_settings,
                                                       protocol_path=settings.protocol, progress=settings.progress)
