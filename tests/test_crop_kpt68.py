@@ -5,6 +5,8 @@ The reference is DECA's ``TestData`` formula evaluated with skimage (``estimate_
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -108,7 +110,9 @@ def fan_standin(tmp_path):
     rng = np.random.default_rng(4)
     peaks = torch.from_numpy(rng.integers(8, 56, size=(68, 2)))
     path = tmp_path / "2DFAN4-11f355bf06.pth.tar"
-    torch.jit.script(PeakNetwork(peaks)).save(str(path))
+    with warnings.catch_warnings():  # torch 2.x marks jit.script deprecated; the release is TorchScript
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.jit.script(PeakNetwork(peaks)).save(str(path))
     return path, peaks.numpy()
 
 
