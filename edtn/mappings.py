@@ -205,16 +205,17 @@ class EdtnMapping:
     Args:
         path: ``EDTN.pt`` or one of our training checkpoints (``None``: the ``edtn_weights`` asset).
         device: where the network runs.
+        trust_checkpoint: the opt-in to a full unpickle of the file (only for files you created).
     """
 
     name = "edtn"
 
     def __init__(self, path: Union[str, os.PathLike, None] = None,
-                 device: Union[str, torch.device] = "cpu") -> None:
+                 device: Union[str, torch.device] = "cpu", trust_checkpoint: bool = False) -> None:
         from edtn.model import load_edtn
 
         self.device = torch.device(device)
-        self.model = load_edtn(path, self.device)
+        self.model = load_edtn(path, self.device, trust_checkpoint=trust_checkpoint)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,9 +295,10 @@ def build_mapping(name: str, *, edtn_path: Union[str, os.PathLike, None] = None,
                   flame_path: Union[str, os.PathLike, None] = None,
                   landmark_embedding_path: Union[str, os.PathLike, None] = None,
                   basis_path: Union[str, os.PathLike, None] = None,
-                  device: Union[str, torch.device] = "cpu") -> MorphMapping:
+                  device: Union[str, torch.device] = "cpu", trust_checkpoint: bool = False) -> MorphMapping:
     """Build the mapping ``name`` (one of :data:`MAPPINGS`); every file goes through
-    :func:`infra.assets.resolve_asset` (``None`` = the asset cache).
+    :func:`infra.assets.resolve_asset` (``None`` = the asset cache) and loads with an allow-list
+    unless ``trust_checkpoint`` (a full unpickle, only for files you created).
 
     * ``edtn`` needs ``edtn_path`` (asset ``edtn_weights``);
     * ``basis_fit`` needs ``basis_path`` (asset ``transform_matrix``);
@@ -309,11 +311,11 @@ def build_mapping(name: str, *, edtn_path: Union[str, os.PathLike, None] = None,
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {name!r}")
     device = torch.device(device)
     if name == "edtn":
-        return EdtnMapping(edtn_path, device)
+        return EdtnMapping(edtn_path, device, trust_checkpoint)
     if name == "basis_fit":
         return BasisFit(load_basis(basis_path), device)
     from edtn.train_loop import build_geometry_loss  # FLAME + basis through the asset resolver
 
     loss = build_geometry_loss(flame_path, landmark_embedding_path, basis_path, LossWeights(),
-                               "fast", device)
+                               "fast", device, trust_checkpoint)
     return VertexFit(loss)

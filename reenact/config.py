@@ -100,6 +100,8 @@ class InferConfig:
     default_fps: float = DEFAULT_FPS
     pose_csv: Optional[str] = None
     pose_npy: Optional[str] = None
+    overwrite: bool = False
+    strict_frames: bool = False
     # models
     generator: GeneratorStyle = GeneratorStyle.default
     generator_path: Optional[str] = None
@@ -110,6 +112,7 @@ class InferConfig:
     deca_path: Optional[str] = None
     flame_path: Optional[str] = None
     landmark_embedding_path: Optional[str] = None
+    trust_checkpoint: bool = False
     # face detection / cropping
     aligned: bool = False
     detector: str = "auto"

@@ -3,15 +3,22 @@
     python scripts/check_assets.py [--json out.json] [--name flame_model=/path/generic_model.pkl ...]
 
 For every asset: where it was found, its size, and a content check (keys / shapes); for missing
-ones, where to obtain them. Exit status 0 when every listed asset is present and valid, else 1.
+ones, where to obtain them. The check never runs code from a file: torch files load with
+``weights_only`` and the FLAME / landmark pickles with allow-lists; a file that needs more is
+reported INVALID, naming the offending global. Exit status 0 when every listed asset is present and valid, else 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from infra.assets import ASSETS, asset_home, check_asset
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python scripts/<name>.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from infra.assets import ASSETS, asset_home, check_asset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,4 +182,4 @@ def print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(PROGRAM, main)
+    exit_on_user_error(PROGRAM, main)  # a missing / refused file: one line, no traceback

@@ -145,7 +145,7 @@ def _safe_inception_copy(inception_path: Optional[str | os.PathLike], folder: Pa
     from infra.checkpoint import load_torch_file
 
     file = resolve_asset("inception_fid", inception_path)
-    state = load_torch_file(file, map_location="cpu", allow_unsafe_fallback=False)
+    state = load_torch_file(file, map_location="cpu")  # weights_only; anything else is refused
     try:
         ASSETS["inception_fid"].check(file)
     except ValueError as exc:
