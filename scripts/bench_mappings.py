@@ -162,7 +162,8 @@ def main() -> None:
     device = resolve_device(args.device)
     rows = bench_mappings(args, device)
     render_rows = bench_renderer(args, device) if args.render_frames > 0 else []
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else platform.processor() or platform.machine())
     meta = {"hardware": hardware, "device": str(device), "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "batch": args.batch, "warmup": args.warmup, "repeats": args.repeats,
@@ -171,7 +172,8 @@ def main() -> None:
           f"batch {args.batch}, load average {meta['load_average']}")
     print(f"{'case':<34} {'median ms':>10} {'frames/s':>12} {'x ceiling':>10}")
     for row in rows + render_rows:
-        print(f"{row['case']:<34} {row['median_ms']:>10.2f} {row['frames_per_s']:>12.1f} {row['ratio_to_ceiling']:>10.4f}")
+        print(f"{row['case']:<34} {row['median_ms']:>10.2f} {row['frames_per_s']:>12.1f} "
+              f"{row['ratio_to_ceiling']:>10.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "mappings": rows, "renderer": render_rows}, indent=2))

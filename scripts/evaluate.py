@@ -4,7 +4,8 @@
 Subcommands::
 
     # the FID real set: AnimeCeleb test images at the generator's resolution, composited over white
-    python scripts/evaluate.py real --anime-root data/animeceleb --test-list test_list.txt --size 256 --out results/real_256
+    python scripts/evaluate.py real --anime-root data/animeceleb --test-list test_list.txt --size 256 \\
+        --out results/real_256
     # FID with torch-fidelity and our Inception weights asset
     python scripts/evaluate.py fid --real results/real_256 --fake results/render/EDTN --inception PATH --out fid.json
     # KDR of one rendered method
@@ -14,7 +15,8 @@ Subcommands::
     python scripts/evaluate.py table1 --protocol results/protocol.csv --vox-codes data/vox/deca/test \\
         --vox-images data/vox/images/test --anime-root data/animeceleb --generator gen.ckpt --edtn EDTN.pt --out results
     # the loss ablation: four checkpoints trained with the four presets -> KDR and geometry
-    python scripts/evaluate.py ablation ... --vertex v.pt --landmark l.pt --vertex-landmark vl.pt --all all.pt --out results
+    python scripts/evaluate.py ablation ... --vertex v.pt --landmark l.pt --vertex-landmark vl.pt \\
+        --all all.pt --out results
 
 Every file not given explicitly comes from the asset cache ($EDTN_HOME, torch hub cache); a
 missing one stops the run before any work with a message saying where to get it
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablation", help="loss ablation: KDR and geometry of four checkpoints")
     _table_args(p)
     for flag in ("vertex", "landmark", "vertex-landmark", "all"):
-        p.add_argument(f"--{flag}", required=True, help=f"checkpoint trained with experiment=ablation_{flag.replace('-', '_')}")
+        preset = "ablation_" + flag.replace("-", "_")
+        p.add_argument(f"--{flag}", required=True, help=f"checkpoint trained with experiment={preset}")
     p.set_defaults(fn=cmd_ablation)
     return parser
 

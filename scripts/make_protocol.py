@@ -26,14 +26,17 @@ PROGRAM = "make_protocol.py"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vox-codes", required=True, type=Path,
-                   help="DECA codes of the VoxCeleb test videos: <vox>/deca/test (<video>/<frame>.mat) or a packed prefix")
-    p.add_argument("--anime-root", required=True, type=Path, help="AnimeCeleb root (combined_pose.csv, rotation/, basis/)")
+                   help="DECA codes of the VoxCeleb test videos: <vox>/deca/test (<video>/<frame>.mat) "
+                        "or a packed prefix")
+    p.add_argument("--anime-root", required=True, type=Path,
+                   help="AnimeCeleb root (combined_pose.csv, rotation/, basis/)")
     p.add_argument("--test-list", required=True, type=Path, help="the authors' test_list.txt (AnimeCeleb org_ids)")
     p.add_argument("--out", required=True, type=Path, help="protocol CSV to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment and sampling (default %(default)s)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES_PER_PAIR,
                    help="frames per pair (default %(default)s; shorter videos give all their frames)")
-    p.add_argument("--sampling", choices=FRAME_SAMPLINGS, default="uniform", help="frame sampling (default %(default)s)")
+    p.add_argument("--sampling", choices=FRAME_SAMPLINGS, default="uniform",
+                   help="frame sampling (default %(default)s)")
     p.add_argument("--max-videos", type=int, default=None, help="a seeded subset of this many videos (default: all)")
     p.add_argument("--pairs-per-video", type=int, default=1, help="identities per video (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing protocol file")

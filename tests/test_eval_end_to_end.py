@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from reenact.evaluation import experiments, render
+from reenact.evaluation import experiments
 from reenact.evaluation.experiments import EvalSettings, Method, run_table
 from reenact.evaluation.protocol import VoxCodes, read_protocol
 from reenact.evaluation.render import RenderSettings, render_protocol
@@ -213,11 +212,12 @@ def test_cli_bad_inputs_give_one_clear_message(world, table1, tmp_path, capsys):
     small = tmp_path / "small"
     small.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(small / "0.png")
+    real = next(world["out"].glob("real_64px_*"))
     for fake, message in ((empty, f"fake image folder {empty} holds no images"),
                           (small, f"image {small / '0.png'} is 32x32, but")):
         with pytest.raises(SystemExit):
-            evaluate.main(["fid", "--real", str(world["out"] / "real_64"), "--fake", str(fake), "--inception",
-                           str(world["inception"]), "--out", str(tmp_path / "fid.json"), "--device", "cpu"])
+            evaluate.main(["fid", "--real", str(real), "--fake", str(fake), "--inception", str(world["inception"]),
+                           "--out", str(tmp_path / "fid.json"), "--device", "cpu"])
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "fid.json").exists()
@@ -232,7 +232,8 @@ def test_cli_fid_and_kdr_write_json(world, table1, tmp_path):
                           "--device", "cpu", "--no-progress"]) == 0
     kdr = json.loads((tmp_path / "kdr.json").read_text())
     assert kdr["kdr"] == pytest.approx(next(r for r in table1["rows"] if r["method"] == "EDTN")["kdr"])
-    assert evaluate.main(["fid", "--real", str(world["out"] / "real_64"), "--fake", str(render_dir),
+    real = next(world["out"].glob("real_64px_*"))
+    assert evaluate.main(["fid", "--real", str(real), "--fake", str(render_dir),
                           "--inception", str(world["inception"]), "--fid-feature-layer", FID_LAYER,
                           "--out", str(tmp_path / "fid.json"), "--device", "cpu", "--no-progress"]) == 0
     fid = json.loads((tmp_path / "fid.json").read_text())

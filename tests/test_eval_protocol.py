@@ -108,7 +108,8 @@ def test_packed_codes_give_the_same_rows(vox, tmp_path):
     mats, packed = VoxCodes(vox / "deca" / "test"), VoxCodes(tmp_path / "test.npy")
     assert packed.videos == mats.videos
     frames = ("0000001", "0000004")
-    np.testing.assert_array_equal(packed.code156("id00001#a#1#9.mp4", frames), mats.code156("id00001#a#1#9.mp4", frames))
+    video = "id00001#a#1#9.mp4"
+    np.testing.assert_array_equal(packed.code156(video, frames), mats.code156(video, frames))
     with pytest.raises(ValueError, match="video 'nope' is not in the DECA codes"):
         mats.code156("nope", frames)
     with pytest.raises(ValueError, match="one folder per video"):

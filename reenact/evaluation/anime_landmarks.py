@@ -62,7 +62,6 @@ N_ANIME_LANDMARKS = 28
 BRANCH_CHANNELS = (18, 36, 72, 144)
 HEAD_CHANNELS = sum(BRANCH_CHANNELS)  # 270
 INPUT_SIZE = 256
-HEATMAP_SIZE = 64
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXEL_STD = 200.0          # mmpose's box scale unit
@@ -74,7 +73,6 @@ FLIP_PAIRS = ((0, 4), (1, 3), (5, 10), (6, 9), (7, 8), (11, 19), (12, 18), (13, 
               (15, 21), (16, 20), (24, 26))
 _HEAD_PREFIX_CKPT = "keypoint_head.final_layer."
 _HEAD_PREFIX_OURS = "head."
-_BACKBONE_PREFIX = "backbone."
 
 
 class AnimeLandmarkNet(nn.Module):

@@ -7,7 +7,7 @@
    resumable: finished pairs are skipped);
 3. scores it: geometry errors on the protocol's frames, KDR (human landmarks cached once per
    protocol in ``<out>/human_landmarks_<box>/``, anime landmarks cached next to the frames),
-   and for Table 1 the FID against the real set (prepared once in ``<out>/real_<size>/``);
+   and for Table 1 the FID against the real set (prepared once in ``<out>/real_<size>px_.../``);
    scores are cached in ``<out>/scores/<kind>_<method>.json`` under a key of everything they
    depend on, so a second run recomputes nothing (idempotent);
 4. writes ``<out>/<kind>.{md,csv,json,png}`` (:func:`.tables.write_table`).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,7 +29,7 @@ from reenact.evaluation.metrics import (FEATURE_NAMES, FidScorer, anime_openness
 from reenact.evaluation.protocol import (DEFAULT_REAL_PER_IDENTITY, IMAGE_SUFFIX, AnimeCelebTest, EvalPair,
                                          VoxCodes, check_protocol, prepare_real_set, protocol_digest,
                                          read_protocol, real_image_paths)
-from reenact.evaluation.render import POSES_NAME, RenderSettings, render_protocol
+from reenact.evaluation.render import RenderSettings, render_protocol
 from reenact.evaluation.tables import (ABLATION_COLUMNS, PAPER_ABLATION_KDR, PAPER_TABLE1, TABLE1_COLUMNS,
                                        Column, write_table)
 
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 KINDS = ("table1", "ablation")
 HUMAN_BOXES = ("auto", "fan", "dlib", "frame")   # face boxes for KDR's human side
 ANIME_LANDMARKS_NAME = "anime_landmarks28.npy"
-ABLATION_NAMES = ("vertex", "landmark", "vertex+landmark", "all")
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class EvalSettings:
         face_landmarker_path: 2D-FAN-4. human_box: face boxes of the human side (``auto``: S3FD
             when present else dlib; ``frame``: the whole frame).
         fid_feature_layer: Inception features of the FID (``2048`` = the standard FID).
-        real_dir: a prepared FID real set (default ``<out>/real_<size>``);
+        real_dir: a prepared FID real set (default: made in ``<out>/real_<size>px_<n>per_id_seed<s>``);
         real_per_identity / real_seed: its sampling.
         device, progress: runtime (``device`` also applies to the renders).
     """
@@ -267,6 +265,8 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
+    if settings.vox_images is None:
+        raise ValueError("KDR needs the driving frames: pass the VoxCeleb test images folder (vox_images)")
     out = Path(settings.out)
     pairs = read_protocol(settings.protocol)
     codes = VoxCodes(settings.vox_codes)
@@ -283,8 +283,6 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
     resolve_asset("face_landmarker", settings.face_landmarker_path)
     if kind == "table1":
         resolve_asset("inception_fid", settings.inception_path)
-    if settings.vox_images is None:
-        raise ValueError("KDR needs the driving frames: pass the VoxCeleb test images folder (vox_images)")
     loss_fn = build_geometry_loss(template.flame_path, template.landmark_embedding_path, template.basis_path,
                                   LossWeights(), "fast", device)
 
@@ -316,18 +314,23 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
 
 
 def _real_set(pairs: Sequence[EvalPair], settings: EvalSettings, rendered: Path) -> list[Path]:
-    from infra.image_io import IMAGE_EXTENSIONS
+    """The FID real set: ``settings.real_dir``, else prepared once in
+    ``<out>/real_<size>px_<n>per_id_seed<seed>/`` from the protocol's identities."""
     from PIL import Image
 
+    from reenact.evaluation.metrics import list_images
+
+    if settings.real_dir is not None:
+        return list_images(settings.real_dir, "real image folder")
     first = rendered / pairs[0].pair / f"{pairs[0].frames[0]}{IMAGE_SUFFIX}"
     with Image.open(first) as img:
         size = img.size[0]
-    folder = settings.real_dir or settings.out / f"real_{size}"
-    if settings.real_dir is None:
-        anime = AnimeCelebTest(settings.anime_root, ids=list(dict.fromkeys(p.identity for p in pairs)))
-        paths = real_image_paths(anime, per_identity=settings.real_per_identity, seed=settings.real_seed)
-        prepare_real_set(paths, size, folder, progress=settings.progress)
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    per = settings.real_per_identity
+    folder = settings.out / f"real_{size}px_{per or 'all'}per_id_seed{settings.real_seed}"
+    anime = AnimeCelebTest(settings.anime_root, ids=list(dict.fromkeys(p.identity for p in pairs)))
+    paths = real_image_paths(anime, per_identity=per, seed=settings.real_seed)
+    prepare_real_set(paths, size, folder, progress=settings.progress)
+    return list_images(folder, "real image folder")
 
 
 def _write(kind: str, rows: list[dict], pairs: Sequence[EvalPair], settings: EvalSettings,

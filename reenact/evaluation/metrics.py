@@ -222,7 +222,8 @@ class FidScorer:
         return float(fid_statistics_to_metric(real, fake, self.progress)[KEY_METRIC_FID])
 
     def compare(self, real: dict, fake_images: str | os.PathLike | Sequence[Path]) -> dict:
-        """``{"fid", "real_images", "fake_images", "image_size", "feature_layer"}`` of fake images against real statistics
+        """``{"fid", "real_images", "fake_images", "image_size", "feature_layer"}`` of fake images
+        against real statistics
         (the fake images must have the real ones' size)."""
         fake = self.statistics(fake_images, "fake", real["size"], real["first"])
         return {"fid": self.fid(real, fake), "real_images": real["count"], "fake_images": fake["count"],

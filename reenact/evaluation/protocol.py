@@ -68,7 +68,6 @@ DEFAULT_FRAMES_PER_PAIR = 32
 DEFAULT_REAL_PER_IDENTITY = 50
 IMAGE_SUFFIX = ".png"
 SOURCE_NAME = "basis.png"
-CODE156_DIM = 156
 
 
 @dataclass(frozen=True)
