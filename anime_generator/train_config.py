@@ -136,6 +136,7 @@ class TrainLoopConfig:
     init: str = "normal"                  # normal (N(0, init_gain), reference) | default (PyTorch)
     init_gain: float = 0.02
     init_checkpoint: Optional[str] = None  # start from these weights (authors' .ckpt or ours)
+    trust_init_checkpoint: bool = False    # full unpickle of init_checkpoint (only files you created)
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     valid_every: int = 0                  # epochs between validation passes (0: never)
     valid_batches: int = 4

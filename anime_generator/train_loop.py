@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
 from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_save, capture_rng_state,
                            clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
-                           log_to_run_dir, resolve_device, resolve_run_dir, restore_rng_state,
+                           run_log, resolve_device, resolve_run_dir, restore_rng_state,
                            run_dir_lock, seed_everything)
 
 from .checkpoint import OUR_FORMAT, checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
@@ -143,7 +143,8 @@ def build_generator(cfg: DictConfig) -> AnimeGenerator:
     if cfg.train.init == "normal":
         init_weights(generator, cfg.train.init_gain)
     if cfg.train.init_checkpoint:
-        obj = load_checkpoint_file(cfg.train.init_checkpoint, map_location="cpu")
+        obj = load_checkpoint_file(cfg.train.init_checkpoint, map_location="cpu",
+                                   trust_checkpoint=cfg.train.trust_init_checkpoint)
         generator.load_state_dict(checkpoint_filter_fn(obj, use_ema=False), strict=True)
         log.info("initialised the generator from %s", cfg.train.init_checkpoint)
     # Bit-identical output, no work on the 48 dead tensors (they stay in the state dict).
@@ -258,15 +259,16 @@ def run(cfg: Any) -> dict[str, Any]:
     cfg = validate_config(cfg)
     device = resolve_device(cfg.device)
     info, device = init_distributed(device)
+    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     try:
         # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), info.is_main):
+        with run_dir_lock(run_dir, info.is_main), run_log(run_dir, "train_ag.log", info.is_main):
             return _train(cfg, info, device)
     except OutputBusyError:  # another run holds the run dir: leave it alone
         raise
     except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
         if info.is_main:
-            discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
+            discard_unused_run_dir(run_dir)
         raise
     finally:
         cleanup_distributed()
@@ -276,7 +278,6 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
     run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / "checkpoints"
     seed_everything(cfg.seed)
-    log_handler = log_to_run_dir(run_dir, "train_ag.log") if info.is_main else None
     if info.is_main:
         log.info("run dir %s, device %s, world size %d", run_dir, device, info.world_size)
 
@@ -391,9 +392,6 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
 
     if writer is not None:
         writer.close()
-    if log_handler is not None:
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
     return {"run_dir": str(run_dir), "last_checkpoint": str(last_path or ckpt_dir / LAST_CHECKPOINT),
             "epoch": cfg.train.epochs, "step": step, "stage": stage.value if stage else None,
             "losses": losses}

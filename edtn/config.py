@@ -47,6 +47,7 @@ class ModelConfig:
     """EDTN MLP (53 -> 17). ``init`` optionally starts from a state dict (e.g. ``EDTN.pt``)."""
 
     init: Optional[str] = None
+    trust_init: bool = False   # full unpickle of ``init`` (only for files you created)
 
 
 @dataclass

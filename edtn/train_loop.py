@@ -33,7 +33,7 @@ from infra.checkpoint import load_torch_file
 from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_path, atomic_save,
                            capture_rng_state,
                            clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
-                           log_to_run_dir, resolve_device, resolve_run_dir, restore_rng_state,
+                           run_log, resolve_device, resolve_run_dir, restore_rng_state,
                            run_dir_lock, seed_everything, unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
@@ -59,18 +59,22 @@ def run(cfg: Any) -> dict:
     cfg = validate_config(cfg)
     device = resolve_device(cfg.device)
     dist, device = init_distributed(device)
+    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     try:
         # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), dist.is_main):
-            return _train(cfg, dist, device)
+        with run_dir_lock(run_dir, dist.is_main), run_log(run_dir, "train.log", dist.is_main):
+            try:
+                return _train(cfg, dist, device)
+            except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
+                raise
+            except Exception:  # a bug: its traceback goes into train.log too
+                log.exception("EDTN training failed (run dir %s)", run_dir)
+                raise
     except OutputBusyError:  # another run holds the run dir: leave it alone
         raise
-    except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
-        if dist.is_main:  # failed before training wrote anything: leave no empty run dir behind
-            discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
-        raise
-    except Exception:
-        log.exception("EDTN training failed (run dir %s)", resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
+    except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
+        if dist.is_main:
+            discard_unused_run_dir(run_dir)
         raise
     finally:
         cleanup_distributed()
@@ -80,7 +84,6 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     main = dist.is_main
     run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / CHECKPOINT_SUBDIR
-    log_handler = log_to_run_dir(run_dir) if main else None
     if main:
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(to_plain_dict(cfg)))
@@ -144,7 +147,8 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     # ---------------------------------------------------------------- model and optimiser
     model = EDTN().to(device)
     if cfg.model.init:
-        state = load_torch_file(resolve_asset("edtn_weights", cfg.model.init), map_location="cpu")
+        state = load_torch_file(resolve_asset("edtn_weights", cfg.model.init), map_location="cpu",
+                                trust_checkpoint=cfg.model.trust_init)
         model.load_state_dict(checkpoint_filter_fn(state), strict=True)
     optimizer = make_optimizer(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                impl=cfg.optim.impl, weight_decay=cfg.optim.weight_decay)
@@ -252,9 +256,6 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
         writer.close()
     if main:
         log.info("finished at step %d; best val total %.6g; outputs in %s", step, best_val, run_dir)
-    if log_handler is not None:
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
     return {"best_val": best_val, "last_val": last_val, "initial_val": initial_val, "step": step,
             "epoch": epoch, "run_dir": str(run_dir)}
 

@@ -53,7 +53,8 @@ _logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_KEYS_LISTED = 12
-TRUST_OPT_IN = "trust_checkpoint=true (infer.py) or --trust-checkpoint (scripts)"
+TRUST_OPT_IN = ("trust_checkpoint=true (infer.py), model.trust_init=true (train.py model.init), "
+                "train.trust_init_checkpoint=true (train_ag.py) or --trust-checkpoint (scripts)")
 # Harmless globals beyond torch's default allow-list, used only inside a scoped safe_globals.
 EXTRA_SAFE_GLOBALS: tuple = (argparse.Namespace,)
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")

@@ -18,7 +18,6 @@ scripts all use the same few functions so that "device", "seed" and "checkpoint"
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -53,7 +52,7 @@ __all__ = [
     "find_resume_checkpoint",
     "load_resume_checkpoint",
     "resolve_run_dir",
-    "log_to_run_dir",
+    "run_log",
     "discard_unused_run_dir",
     "unwrap_model",
     "OutputBusyError",
@@ -392,13 +391,19 @@ QUIET_LOGGERS = ("matplotlib", "PIL")   # chatty INFO/DEBUG lines (font cache, p
 RUN_BOOKKEEPING = frozenset({".hydra", "config.yaml", "train.log", "train_ag.log"})
 
 
-def log_to_run_dir(run_dir: Path, filename: str = "train.log") -> Optional[logging.Handler]:
-    """Send INFO+ log records to ``run_dir/filename`` once.
+@contextmanager
+def run_log(run_dir: str | os.PathLike, filename: str = "train.log", enabled: bool = True) -> Iterator[None]:
+    """While the block runs, send INFO+ log records to ``run_dir/filename`` once.
 
     Under ``@hydra.main`` Hydra's job logging may already write that very file (its run dir is
-    ours); then nothing is added, so no line is written twice. Returns the added handler (remove
-    and close it at the end of the run) or ``None``.
+    ours); then nothing is added, so no line is written twice. Chatty third-party INFO lines
+    (matplotlib's font cache, PIL's plugins) are kept out. The handler is removed and closed on
+    exit, also after an error. ``enabled=False`` (non-main DDP ranks) does nothing.
     """
+    if not enabled:
+        yield
+        return
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -406,13 +411,18 @@ def log_to_run_dir(run_dir: Path, filename: str = "train.log") -> Optional[loggi
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     target = (run_dir / filename).resolve()
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == target
-           for h in root.handlers):
-        return None
-    handler = logging.FileHandler(target)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
-    return handler
+    handler = None
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == target
+               for h in root.handlers):
+        handler = logging.FileHandler(target)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def discard_unused_run_dir(run_dir: Path) -> bool:
@@ -429,9 +439,6 @@ def discard_unused_run_dir(run_dir: Path) -> bool:
     entries = {p.name for p in run_dir.iterdir()}
     if not entries <= RUN_BOOKKEEPING:
         return False
-    for handler in logging.getLogger().handlers:  # release the log file before deleting it
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
-            handler.close()
     shutil.rmtree(run_dir, ignore_errors=True)
     cwd = Path.cwd().resolve()
     for parent in run_dir.resolve().parents:  # the empty outputs/<name>/ folders made for it

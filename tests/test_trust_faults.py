@@ -411,8 +411,9 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_half_written(tmp_path):
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "demo.py: interrupted" in stderr and "Traceback" not in stderr
-    assert list(tmp_path.iterdir()) == []                          # neither result nor temporary
+    assert proc.returncode == 130 and "demo.py: interrupted" in stderr and "Traceback" not in stderr, \
+        (proc.returncode, stderr)
+    assert list(tmp_path.iterdir()) == [], stderr                  # neither result nor temporary
 
 
 def test_exit_on_user_error_formats(capsys):

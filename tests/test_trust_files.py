@@ -297,3 +297,37 @@ def test_infer_flame_path_hostile_pickle_is_refused(authors_dir, landmark_embedd
 def test_infer_config_documents_the_opt_in():
     text = (REPO / "configs" / "infer.yaml").read_text()
     assert "trust_checkpoint: false" in text and "ONLY for model files you created" in text
+
+
+def test_training_start_weights_need_the_explicit_opt_in(authors_dir, synthetic_flame_path,
+                                                         landmark_embedding_path, tmp_path):
+    """train.py model.init= loads with weights_only; a file that needs more (here a harmless
+    datetime, or a code-running payload) is refused unless model.trust_init=true."""
+    import datetime
+
+    from edtn.train_loop import run as train
+
+    weights = torch.load(authors_dir / "EDTN.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "PWNED"
+    hostile, odd = tmp_path / "hostile.pt", tmp_path / "odd.pt"
+    torch.save({"model": weights, "note": SystemPayload(marker)}, hostile)
+    torch.save({"model": weights, "saved": datetime.date(2024, 1, 1)}, odd)
+    codes = authors_dir / "vox_deca"
+
+    def cfg(init, trust):
+        return {"device": "cpu", "seed": 0, "epochs": 1, "max_steps": 1, "run_dir": str(tmp_path / f"run_{init.stem}_{trust}"),
+                "model": {"init": str(init), "trust_init": trust},
+                "data": {"train": str(codes), "test": str(codes), "cache_dir": str(tmp_path / "cache"),
+                         "batch_size": 64, "eval_batch_size": 308, "num_workers": 0},
+                "loss": {"vertex": 100.0, "landmark": 1.0, "eye": 1.0, "lip": 1.0,
+                         "flame_model": str(synthetic_flame_path),
+                         "landmark_embedding": str(landmark_embedding_path),
+                         "basis": str(authors_dir / "transform_matrix_08_30.npy")},
+                "optim": {"lr": 1e-4}, "log": {"progress": False, "tensorboard": False}}
+
+    for init in (hostile, odd):
+        with pytest.raises(UnsafeFileError, match="model.trust_init=true") as info:
+            train(cfg(init, False))
+        assert str(init) in str(info.value)
+    assert not marker.exists()
+    assert train(cfg(odd, True))["step"] == 1     # the opt-in: a logged full unpickle
