@@ -11,19 +11,34 @@ Two ways to get a crop (all crops are float32 ``(3,224,224)`` RGB in [0,1]):
   bilinear sampling and zero padding outside the image (:func:`crop_square`; the same sampling as
   skimage's ``warp(order=1)`` that DECA uses).
 
-Square from a detector box (what we do, DECA style): centre = box centre, shifted down by
-``center_shift * side`` (DECA's rule for detector boxes uses 0.12 — we keep it for face-alignment's
-S3FD boxes, which include the forehead; dlib's HOG boxes start at the eyebrows so we use 0), side =
-mean of the box width and height, times ``scale`` = 1.25.
+Two square rules (:func:`square_from_box`, chosen by ``FaceBox.kind``):
 
-Detectors (:func:`make_detector`): face-alignment's S3FD when its weights are present (asset
-``face_detector`` via :func:`infra.assets.resolve_asset`; never downloaded at run time), else dlib's
-built-in HOG frontal-face detector (no model file) with a warning. OpenCV 5 has no Haar cascades.
-When several faces are found the largest box is used.
+* ``kpt68`` — **the original's crop** (DECA ``TestData`` with its FAN detector): the box is the
+  bounding box of face-alignment's 68 2D-FAN-4 landmarks; old_size = (w + h)/2 · 1.1, centred on
+  the box (no shift); side = ``int(old_size · 1.25)``. :func:`kpt68_box` and
+  :func:`similarity_matrix` give the box and the crop matrix.
+* ``bbox`` — detector boxes without landmarks (our fallback): centre = box centre, shifted down by
+  ``center_shift * side`` (DECA's rule for detector boxes uses 0.12 — we keep it for S3FD boxes,
+  which include the forehead; dlib's HOG boxes start at the eyebrows so we use 0), side = mean of
+  the box width and height, times ``scale`` = 1.25.
+
+Detectors (:func:`make_detector`, config names ``auto | fan | dlib``; ``face_alignment`` is an
+alias of ``fan``): face-alignment's S3FD when its weights are present (asset ``face_detector``),
+followed by the 2D-FAN-4 landmark network when its weights are present too (asset
+``face_landmarker``; then the crop is the original's ``kpt68`` crop), else dlib's built-in HOG
+frontal-face detector (no model file) with a warning. Nothing is downloaded at run time; every file
+comes through :func:`infra.assets.resolve_asset`. OpenCV 5 has no Haar cascades. When several faces
+are found the largest box is used (the kpt68 path takes S3FD's best-scoring face, as the original's
+``get_landmarks(...)[0]`` does).
+
+:class:`FanLandmarker` runs 2D-FAN-4 on a face box and returns the 68 landmarks (0-based iBUG, image
+pixels) with face-alignment's own crop and heatmap decoding; it also gives KDR's human side
+(:mod:`reenact.evaluation.metrics`).
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
@@ -36,10 +51,18 @@ from infra.assets import AssetError, resolve_asset
 __all__ = [
     "CROP_SIZE",
     "CROP_SCALE",
+    "BOX_KINDS",
+    "DETECTOR_CHOICES",
     "FaceBox",
     "FaceDetector",
     "DlibFaceDetector",
     "SfdFaceDetector",
+    "FanLandmarker",
+    "FanKpt68Detector",
+    "fan_decode",
+    "load_fan_network",
+    "kpt68_box",
+    "similarity_matrix",
     "make_detector",
     "to_rgb_uint8",
     "image_to_tensor",
@@ -58,6 +81,15 @@ DLIB_CENTER_SHIFT = 0.0         # dlib HOG boxes already sit low on the face (ey
 DLIB_UPSAMPLE = 1               # dlib pyramid upsampling: finds faces down to ~40 px
 DETECT_MAX_SIDE = 640           # frames are shrunk to this longest side for detection (speed)
 SFD_SCORE_THRESHOLD = 0.5
+KPT68_SIZE_FACTOR = 1.1         # DECA bbox2point(type='kpt68'): old_size = (w + h)/2 * 1.1
+BOX_KINDS = ("bbox", "kpt68")
+# face-alignment's FAN crop: centre of the detector box moved up by 0.12 * height, scale = (w + h) /
+# 195, a 256² crop of 200 * scale pixels; heatmaps are 64².
+FAN_CENTER_SHIFT = 0.12
+FAN_REFERENCE_SCALE = 195.0
+FAN_INPUT_SIZE = 256
+FAN_LANDMARKS = 68
+FAN_HEATMAP_EDGE = 63           # face-alignment's hard-coded "not on the border" bound of its 64² maps
 UINT8_MAX = 255.0
 UINT16_TO_UINT8 = 257.0
 
@@ -115,7 +147,9 @@ def aligned_resize(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 # ----------------------------------------------------------------------------- boxes and crops
 @dataclass(frozen=True)
 class FaceBox:
-    """A detected face: corners in pixels (x right, y down), detector score and centre shift rule."""
+    """A detected face: corners in pixels (x right, y down), detector score, and how the square
+    crop is made from it: ``kind`` ``bbox`` (with ``center_shift``) or ``kpt68`` (the box of the 68
+    landmarks, DECA's rule; see :func:`square_from_box`)."""
 
     x0: float
     y0: float
@@ -123,6 +157,7 @@ class FaceBox:
     y1: float
     score: float = 1.0
     center_shift: float = 0.0
+    kind: str = "bbox"
 
     @property
     def area(self) -> float:
@@ -130,22 +165,50 @@ class FaceBox:
 
     def scaled(self, factor: float) -> "FaceBox":
         return FaceBox(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor,
-                       self.score, self.center_shift)
+                       self.score, self.center_shift, self.kind)
 
 
 def square_from_box(box: FaceBox, scale: float = CROP_SCALE) -> tuple[float, float, float]:
     """Square crop ``(cx, cy, side)`` in pixels around a face box.
 
-    side = ``scale`` * mean(width, height); centre = box centre moved down by
-    ``box.center_shift`` * mean(width, height).
+    * ``kind='bbox'``: side = ``scale`` * mean(width, height); centre = box centre moved down by
+      ``box.center_shift`` * mean(width, height).
+    * ``kind='kpt68'`` (DECA ``bbox2point(type='kpt68')``): old_size = mean(width, height) * 1.1,
+      centre = box centre (no shift), side = ``int(old_size * scale)``.
     """
     width, height = box.x1 - box.x0, box.y1 - box.y0
     if width <= 0 or height <= 0:
         raise ValueError(f"degenerate face box {box}")
+    if box.kind not in BOX_KINDS:
+        raise ValueError(f"face box kind must be one of {BOX_KINDS}, got {box.kind!r}")
     side = (width + height) / 2.0
+    if box.kind == "kpt68":  # DECA's arithmetic: centre = right - (right - left)/2
+        return (box.x1 - width / 2.0, box.y1 - height / 2.0,
+                float(int(side * KPT68_SIZE_FACTOR * scale)))
     cx = (box.x0 + box.x1) / 2.0
     cy = (box.y0 + box.y1) / 2.0 + box.center_shift * side
     return cx, cy, side * scale
+
+
+def kpt68_box(landmarks: np.ndarray, score: float = 1.0) -> FaceBox:
+    """The ``kpt68`` face box of 68 landmarks (N, 2+) in pixels: min / max of x and y."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] < 2 or not np.isfinite(points[:, :2]).all():
+        raise ValueError(f"landmarks must be a finite (N, 2) array, got shape {points.shape}")
+    (x0, y0), (x1, y1) = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+    return FaceBox(float(x0), float(y0), float(x1), float(y1), score, 0.0, "kpt68")
+
+
+def similarity_matrix(center: tuple[float, float], side: float, size: int = CROP_SIZE) -> np.ndarray:
+    """(3, 3) similarity taking image pixels to crop pixels for the square (centre, side): its
+    corners (cx − side/2, cy − side/2) and (cx + side/2, cy + side/2) go to (0, 0) and
+    (size − 1, size − 1), the map :func:`crop_square` samples with (DECA's
+    ``estimate_transform('similarity', src_pts, DST_PTS)``)."""
+    factor = (size - 1) / side
+    cx, cy = center
+    return np.array([[factor, 0.0, -factor * (cx - side / 2.0)],
+                     [0.0, factor, -factor * (cy - side / 2.0)],
+                     [0.0, 0.0, 1.0]])
 
 
 def crop_square(image: np.ndarray, center: tuple[float, float], side: float, size: int = CROP_SIZE) -> np.ndarray:
@@ -228,7 +291,7 @@ class SfdFaceDetector:
         infra.assets.AssetError: the weights are not present (nothing is downloaded).
     """
 
-    name = "face_alignment"
+    name = "fan_boxes"
 
     def __init__(self, path=None, device: str | torch.device = "cpu", threshold: float = SFD_SCORE_THRESHOLD,
                  max_side: int = DETECT_MAX_SIDE):
@@ -246,32 +309,195 @@ class SfdFaceDetector:
                 for b in boxes]
 
 
+# ----------------------------------------------------------------------------- 2D-FAN-4 landmarks
+def _is_torchscript(path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") or name.endswith("/constants.pkl")
+                   for name in archive.namelist())
+
+
+def load_fan_network(path=None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """face-alignment's 2D-FAN-4 landmark network (asset ``face_landmarker``), in eval mode.
+
+    The released ``2DFAN4-11f355bf06.pth.tar`` is a TorchScript archive (read with
+    ``torch.jit.load``, which runs no pickled Python code); a plain state dict of
+    ``face_alignment.models.FAN(4)`` (what newer face-alignment releases load) is read with the
+    safe :func:`infra.checkpoint.load_torch_file` and a strict key check.
+
+    Args:
+        path: explicit file; ``None`` resolves the asset (``$EDTN_HOME`` or the torch hub cache).
+        device: where the network runs.
+    Raises:
+        AssetError: the file is missing (nothing is downloaded). ValueError: not a 2D-FAN-4 file.
+    """
+    from infra.checkpoint import format_keys, load_torch_file, state_dict_problems
+
+    weights = resolve_asset("face_landmarker", path)
+    if _is_torchscript(weights):
+        with warnings.catch_warnings():  # torch 2.x marks jit.load deprecated; the release is TorchScript
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return torch.jit.load(str(weights), map_location=device).eval()
+    from face_alignment.models import FAN
+
+    state = load_torch_file(weights, map_location="cpu")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    network = FAN(4)
+    problems = state_dict_problems(state, network.state_dict()) if isinstance(state, dict) else ["not a dict"]
+    if problems:
+        raise ValueError(f"{weights}: not a 2D-FAN-4 network (TorchScript archive or FAN(4) state dict "
+                         f"with keys {format_keys(network.state_dict())}):\n  " + "\n  ".join(problems))
+    network.load_state_dict(state, strict=True)
+    return network.to(device).eval()
+
+
+def fan_decode(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """face-alignment's heatmap decoding (``get_preds_fromhm``), vectorised: heatmaps (B, 68, H, W),
+    crop centres (B, 2) and scales (B,) -> landmarks (B, 68, 2) float32 in image pixels.
+
+    Per map: the argmax (1-based x, y), moved by ±0.25 towards the larger neighbour on each axis
+    when the peak is not on the border (face-alignment tests 0 < p < 63), minus 0.5, then mapped
+    back through the crop (side 200·scale, ``resolution`` = H) and truncated to integers, as
+    face-alignment's ``transform(..., invert=True)`` returns them.
+    """
+    b, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(b, k, -1)
+    index = flat.argmax(axis=2)
+    px, py = index % w, index // w  # 0-based peak
+    inner = (px > 0) & (px < FAN_HEATMAP_EDGE) & (py > 0) & (py < FAN_HEATMAP_EDGE)
+    xs, ys = np.clip(px, 1, w - 2), np.clip(py, 1, h - 2)
+    maps = heatmaps.reshape(b * k, h, w)
+    n = np.arange(b * k)
+    dx = maps[n, ys.ravel(), xs.ravel() + 1] - maps[n, ys.ravel(), xs.ravel() - 1]
+    dy = maps[n, ys.ravel() + 1, xs.ravel()] - maps[n, ys.ravel() - 1, xs.ravel()]
+    shift = np.stack([np.sign(dx), np.sign(dy)], axis=1).reshape(b, k, 2) * 0.25
+    preds = np.stack([px + 1.0, py + 1.0], axis=2).astype(np.float32)
+    preds = preds + np.where(inner[..., None], shift, 0.0).astype(np.float32) - np.float32(0.5)
+    side = 200.0 * np.asarray(scales, np.float64).reshape(b, 1, 1)
+    origin = np.asarray(centers, np.float64).reshape(b, 1, 2) - side / 2.0
+    return np.trunc(preds * side / h + origin).astype(np.float32)
+
+
+class FanLandmarker:
+    """face-alignment's 2D-FAN-4 on a face box -> 68 landmarks (0-based iBUG order, image pixels).
+
+    The crop is face-alignment's own (``face_alignment.utils.crop`` of the box with its 0.12
+    upward shift and scale (w + h)/195), the decoding its ``get_preds_fromhm`` rule
+    (:func:`fan_decode`; a numpy version, since face-alignment's compiles with numba on every
+    start). ``flip_input=False`` as DECA's FAN detector runs it.
+
+    Args:
+        path: 2D-FAN-4 weights (asset ``face_landmarker``).
+        device: where the network runs.
+        flip_input: also run the mirrored crop and average the heatmaps (face-alignment's option).
+    """
+
+    def __init__(self, path=None, device: str | torch.device = "cpu", flip_input: bool = False):
+        self.device = torch.device(device)
+        self.network = load_fan_network(path, self.device)
+        self.flip_input = flip_input
+
+    @staticmethod
+    def crop_geometry(box: FaceBox) -> tuple[np.ndarray, float]:
+        """face-alignment's crop centre and scale for a detector box."""
+        width, height = box.x1 - box.x0, box.y1 - box.y0
+        center = np.array([box.x1 - width / 2.0, box.y1 - height / 2.0 - height * FAN_CENTER_SHIFT])
+        return center, (width + height) / FAN_REFERENCE_SCALE
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, boxes: Sequence[FaceBox]) -> np.ndarray:
+        """Landmarks (len(boxes), 68, 2) float32 of the faces in ``boxes`` of one RGB image."""
+        from face_alignment.utils import crop, flip
+
+        image = to_rgb_uint8(image)
+        if not boxes:
+            return np.zeros((0, FAN_LANDMARKS, 2), np.float32)
+        geometry = [self.crop_geometry(box) for box in boxes]
+        crops = np.stack([crop(image, c, s, float(FAN_INPUT_SIZE)) for c, s in geometry])
+        batch = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32) / UINT8_MAX).to(self.device)
+        heatmaps = self._heatmaps(batch)
+        if self.flip_input:
+            heatmaps = heatmaps + flip(self._heatmaps(flip(batch)), is_label=True)
+        centers = np.stack([c for c, _ in geometry])
+        scales = np.array([s for _, s in geometry])
+        return fan_decode(heatmaps.float().cpu().numpy(), centers, scales)
+
+    def _heatmaps(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.network(batch)
+        out = out[-1] if isinstance(out, (list, tuple)) else out
+        if out.dim() != 4 or out.shape[1] != FAN_LANDMARKS:
+            raise ValueError(f"2D-FAN-4 returned {tuple(out.shape)}, expected (B, {FAN_LANDMARKS}, H, W)")
+        return out
+
+
+class FanKpt68Detector:
+    """The original's face detection for DECA crops: S3FD's best face -> 2D-FAN-4 landmarks -> the
+    ``kpt68`` box of the 68 landmarks (see :func:`square_from_box`)."""
+
+    name = "fan"
+
+    def __init__(self, boxes: "SfdFaceDetector", landmarker: FanLandmarker):
+        self.boxes = boxes
+        self.landmarker = landmarker
+
+    def landmarks(self, image: np.ndarray) -> Optional[np.ndarray]:
+        """(68, 2) landmarks of the best-scoring face, or ``None`` when no face is found."""
+        image = to_rgb_uint8(image)
+        found = self.boxes.detect(image)
+        if not found:
+            return None
+        return self.landmarker(image, [max(found, key=lambda b: b.score)])[0]
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]:
+        points = self.landmarks(image)
+        return [] if points is None else [kpt68_box(points)]
+
+
 DETECTOR_CHOICES = ("auto", "fan", "dlib", "face_alignment")   # face_alignment: old name of fan
+DETECTOR_ALIASES = {"face_alignment": "fan"}
 
 
-def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weights=None) -> FaceDetector:
+def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weights=None,
+                  landmarker_weights=None) -> FaceDetector:
     """Build a face detector.
 
     Args:
-        kind: ``auto`` (face-alignment's S3FD if its weights are present, else dlib with a
-            warning), ``fan`` (face-alignment; weights required; ``face_alignment`` is an alias)
-            or ``dlib``.
-        device: device for the S3FD network.
+        kind: ``auto`` (face-alignment when its S3FD weights are present, else dlib with a
+            warning), ``fan`` (face-alignment; weights required; ``face_alignment`` is an alias) or
+            ``dlib``. With face-alignment, the 2D-FAN-4 landmark weights (asset
+            ``face_landmarker``) switch on the original's ``kpt68`` crop; without them the S3FD box
+            rule is used (with a warning).
+        device: device for the S3FD / FAN networks.
         weights: explicit S3FD weights path (else the ``face_detector`` asset lookup).
+        landmarker_weights: explicit 2D-FAN-4 path (else the ``face_landmarker`` asset lookup).
     """
     if kind not in DETECTOR_CHOICES:
-        raise ValueError(f"detector must be one of {DETECTOR_CHOICES}, got {kind!r}")
+        raise ValueError(f"detector must be one of {DETECTOR_CHOICES[:-1]} ('face_alignment' = 'fan'), "
+                         f"got {kind!r}")
+    kind = DETECTOR_ALIASES.get(kind, kind)
     if kind == "dlib":
         return DlibFaceDetector()
-    if kind in ("fan", "face_alignment"):
-        return SfdFaceDetector(weights, device)
     try:
-        return SfdFaceDetector(weights, device)
+        boxes = SfdFaceDetector(weights, device)
     except AssetError:
+        if kind == "fan":
+            raise
         _logger.warning("face-alignment's S3FD weights (asset 'face_detector') not found; using "
                         "dlib's HOG face detector instead (frontal faces only). Run "
                         "scripts/fetch_assets.py to get them.")
         return DlibFaceDetector()
+    try:
+        return FanKpt68Detector(boxes, FanLandmarker(landmarker_weights, device))
+    except AssetError:
+        if landmarker_weights not in (None, ""):
+            raise
+        _logger.warning("face-alignment's 2D-FAN-4 weights (asset 'face_landmarker') not found; "
+                        "cropping from S3FD boxes, which differs from the original's landmark (kpt68) "
+                        "crop. Run scripts/fetch_assets.py to get them.")
+        return boxes
 
 
 def pick_face(boxes: Sequence[FaceBox]) -> Optional[FaceBox]:

@@ -286,13 +286,15 @@ def _epoch_batches(loader, start: int):
 
 def build_geometry_loss(flame_model: Optional[str], landmark_embedding: Optional[str],
                         basis: Optional[str], weights: LossWeights, impl: str,
-                        device: torch.device) -> GeometryLoss:
+                        device: torch.device, trust_checkpoint: bool = False) -> GeometryLoss:
     """FLAME (100 shape / 50 exp) + morph basis, found through ``resolve_asset`` (``None`` = the
-    asset cache), -> :class:`GeometryLoss` on ``device``."""
+    asset cache), -> :class:`GeometryLoss` on ``device`` (``trust_checkpoint``: the opt-in to a
+    full unpickle of the FLAME files, only for files you created)."""
     from deca_edit.flame import FLAME
 
     flame = FLAME(resolve_asset("flame_model", flame_model),
-                  resolve_asset("landmark_embedding", landmark_embedding), n_shape=100, n_exp=50)
+                  resolve_asset("landmark_embedding", landmark_embedding), n_shape=100, n_exp=50,
+                  trust_checkpoint=trust_checkpoint)
     basis_array = np.load(resolve_asset("transform_matrix", basis))
     return GeometryLoss(flame.to(device), basis_array, weights, impl=impl).to(device)
 
@@ -300,9 +302,14 @@ def build_geometry_loss(flame_model: Optional[str], landmark_embedding: Optional
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, loss_fn: GeometryLoss, device: torch.device,
              dist: DistInfo = DistInfo()) -> dict[str, float]:
-    """Frame-weighted mean of every loss term over ``loader`` (summed over DDP ranks)."""
-    was_training = model.training
-    model.eval()
+    """Frame-weighted mean of every loss term over ``loader`` (summed over DDP ranks).
+
+    ``model`` is an ``nn.Module`` or any callable (B, 53) -> (B, 17), e.g. a training-free
+    mapping of :mod:`edtn.mappings`."""
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = model.training if is_module else False
+    if is_module:
+        model.eval()
     sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64, device=device)
     for batch in loader:
         x = batch["input"].to(device, non_blocking=True)
@@ -314,7 +321,8 @@ def evaluate(model: torch.nn.Module, loader, loss_fn: GeometryLoss, device: torc
                             + [torch.tensor(float(n), dtype=torch.float64, device=device)])
     if dist.enabled:
         torch_dist.all_reduce(sums)
-    model.train(was_training)
+    if is_module:
+        model.train(was_training)
     count = max(float(sums[-1]), 1.0)
     return {k: float(sums[i]) / count for i, k in enumerate(LOSS_TERMS)}
 

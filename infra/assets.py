@@ -1,7 +1,7 @@
 """One place that finds, describes and verifies every external file the project needs.
 
 Every licensed or downloaded file (FLAME model, DECA weights, EDTN weights, generator checkpoints,
-VGG19 and face-alignment weights, ...) is described once in :data:`ASSETS`. Code never opens such a
+VGG19, face-alignment, FID Inception and anime-landmark weights, ...) is described once in :data:`ASSETS`. Code never opens such a
 file by a hard-coded path: it calls :func:`resolve_asset` with the asset's name and, optionally, a
 path from the config. A missing or wrong file raises :class:`AssetError`, whose message names the
 file, says what it is and where a user obtains it.
@@ -10,7 +10,7 @@ Lookup order for ``resolve_asset(name, path)``:
 
 1. ``path`` when given (from a config). It must exist; no fallback hides a typo in a config.
 2. ``$EDTN_HOME/<filename>`` (default ``~/.cache/edtn``).
-3. For torchvision / face-alignment weights: the torch hub cache
+3. For torchvision / face-alignment / torch-fidelity / anime-face-detector weights: the torch hub cache
    (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``), where those
    libraries keep them.
 """
@@ -166,6 +166,39 @@ def _check_torch_weights(path: Path) -> str:
     return f"{len(sd)} tensors"
 
 
+def _state_dict_of(obj) -> dict:
+    """The tensor dict inside a checkpoint: the object itself, or its ``state_dict`` / ``model``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        return obj
+    raise ValueError(f"not a checkpoint dict ({type(obj).__name__})")
+
+
+def _require_shapes(sd: dict, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    for key, shape in shapes.items():
+        value = sd.get(key)
+        if value is None or tuple(getattr(value, "shape", ())) != shape:
+            got = "missing" if value is None else tuple(getattr(value, "shape", ()))
+            raise ValueError(f"{key} is {got}, expected {shape} (not {what})")
+
+
+def _check_inception(path: Path) -> str:
+    sd = _state_dict_of(_torch_load_cpu(path))
+    _require_shapes(sd, {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)},
+                    "torch-fidelity's InceptionV3 FID weights")
+    return f"InceptionV3 (FID): {len(sd)} tensors"
+
+
+def _check_anime_landmarker(path: Path) -> str:
+    sd = _state_dict_of(_torch_load_cpu(path))
+    _require_shapes(sd, {"backbone.conv1.weight": (64, 3, 3, 3),
+                         "keypoint_head.final_layer.3.weight": (28, 270, 1, 1)},
+                    "anime-face-detector's 28-point HRNetV2-W18")
+    return f"anime face landmarks (HRNetV2-W18, 28 points): {len(sd)} tensors"
+
+
 def _check_zip(path: Path) -> str:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -237,6 +270,23 @@ ASSETS: dict[str, AssetSpec] = {
             "face-alignment downloads it on first use, or run scripts/fetch_assets.py",
             url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
             sha256="11f355bf06", in_torch_hub=True, check=_check_zip),
+        AssetSpec(
+            "inception_fid", "weights-inception-2015-12-05-6726825d.pth",
+            "InceptionV3 weights for FID (the TF 2015-12-05 graph converted by torch-fidelity)",
+            "torch-fidelity's release v0.2.0 (https://github.com/toshas/torch-fidelity/releases), "
+            "or run scripts/fetch_assets.py",
+            url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                "weights-inception-2015-12-05-6726825d.pth",
+            in_torch_hub=True, check=_check_inception),
+        AssetSpec(
+            "anime_landmarker", "mmpose_anime-face_hrnetv2.pth",
+            "anime face landmark detector (28 points, HRNetV2-W18, mmpose checkpoint) of "
+            "hysts/anime-face-detector",
+            "release v0.0.1 of https://github.com/hysts/anime-face-detector, or run "
+            "scripts/fetch_assets.py",
+            url="https://github.com/hysts/anime-face-detector/releases/download/v0.0.1/"
+                "mmpose_anime-face_hrnetv2.pth",
+            in_torch_hub=True, check=_check_anime_landmarker),
     ]
 }
 

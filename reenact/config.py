@@ -27,6 +27,7 @@ __all__ = [
     "SourceComposite",
     "AngleMode",
     "SmoothingMethod",
+    "MappingName",
     "SmoothingConfig",
     "InferConfig",
     "validate_infer_config",
@@ -60,6 +61,12 @@ class SourceComposite(str, Enum):
 class AngleMode(str, Enum):
     reference = "reference"  # axis-angle components used as Euler angles (original)
     euler = "euler"          # proper intrinsic X-Z-Y Euler angles
+
+
+class MappingName(str, Enum):
+    edtn = "edtn"              # the trained EDTN network
+    basis_fit = "basis_fit"    # training-free: box-constrained fit in expression space
+    vertex_fit = "vertex_fit"  # training-free: per-frame optimum of EDTN's vertex loss (needs FLAME)
 
 
 class SmoothingMethod(str, Enum):
@@ -99,7 +106,9 @@ class InferConfig:
     generator: GeneratorStyle = GeneratorStyle.default
     generator_path: Optional[str] = None
     use_ema: bool = True
+    mapping: MappingName = MappingName.edtn
     edtn_path: Optional[str] = None
+    basis_path: Optional[str] = None
     deca_path: Optional[str] = None
     flame_path: Optional[str] = None
     landmark_embedding_path: Optional[str] = None
@@ -160,7 +169,7 @@ def validate_infer_config(cfg: Any) -> InferConfig:
         cfg = OmegaConf.structured(cfg)
     typed: InferConfig = OmegaConf.to_object(merge_into_schema(InferConfig, cfg, "infer config"))
     _blank_to_none(typed, ("driving_video", "source", "out", "pose_csv", "pose_npy", "generator_path",
-                           "edtn_path", "deca_path", "flame_path", "landmark_embedding_path"))
+                           "edtn_path", "basis_path", "deca_path", "flame_path", "landmark_embedding_path"))
     if typed.driving in _EMPTY:
         raise ValueError("config key 'driving' is required (video, frame folder, image, .mat code "
                          "folder or packed codes)")

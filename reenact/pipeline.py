@@ -1,7 +1,8 @@
 """Inference pipeline: a video of a person → the same head motion on an anime character.
 
     driving input ──► face crop 224² + DECA coarse encoder   (skipped for DECA code inputs)
-                  ──► morph mapping (EDTN: exp 50 ⊕ jaw 3 → 17 morphs)
+                  ──► morph mapping (exp 50 ⊕ jaw 3 → 17 morphs: EDTN, or mapping=basis_fit |
+                      vertex_fit, the training-free baselines of edtn.mappings)
                   ──► pose post-processing (reenact.pose: angle mode, relative, mouth gain, smoothing)
                   ──► anime generator (source image + pose → frame)   (skipped with render=none)
                   ──► writer (.mp4 / .gif / image / PNG folder) + pose export (CSV / NPY)
@@ -144,7 +145,7 @@ class ReenactmentPipeline:
             encoder=(FaceEncoder(self.assets.deca, detector=cfg.detector, aligned=cfg.aligned,
                                  device=cfg.device, batch_size=cfg.batch_size, trust_checkpoint=trust)
                      if self.kind == "frames" else None),
-            mapper=MorphMapper(self.assets.edtn, device=cfg.device, trust_checkpoint=trust),
+            mapper=MorphMapper.from_assets(self.assets, cfg.mapping.value, cfg.device, trust),
             renderer=(AnimeRenderer(self.assets.generator, self.source, style=cfg.generator.value,
                                     use_ema=cfg.use_ema, source_composite=cfg.source_composite.value,
                                     device=cfg.device, trust_checkpoint=trust)
@@ -208,9 +209,10 @@ class ReenactmentPipeline:
         fps = cfg.fps or codes.fps or cfg.default_fps
 
         t0 = time.perf_counter()
-        with self.progress.stage("edtn", len(codes.code156)) as advance:
+        mapping = cfg.mapping.value
+        with self.progress.stage(mapping, len(codes.code156)) as advance:
             morphs = stages.mapper(codes.code156, on_frames=advance)
-        seconds["edtn"] = time.perf_counter() - t0
+        seconds[mapping] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         global_pose = torch.from_numpy(codes.code156[:, CODE156_GLOBAL].copy())

@@ -2,7 +2,8 @@
 (a live webcam loop):
 
     frame ──► :class:`FaceEncoder` (face crop 224² → DECA coarse encoder → code156, camera)
-          ──► :class:`MorphMapper`  (DECA exp ⊕ jaw → 17 anime morphs in [0,1], EDTN)
+          ──► :class:`MorphMapper`  (DECA exp ⊕ jaw → 17 anime morphs in [0,1]: EDTN, or a
+                                     training-free fit of :mod:`edtn.mappings`)
           ──► pose post-processing  (:mod:`reenact.pose`: angles, relative, gain, smoothing)
           ──► :class:`AnimeRenderer` (anime generator + one source image → RGB frame)
 
@@ -58,26 +59,34 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 # ============================================================================ assets
 @dataclass(frozen=True)
 class StageAssets:
-    """Resolved files of the stages a run needs (``None``: that stage is not used)."""
+    """Resolved files of the stages a run needs (``None``: that stage / mapping does not use it)."""
 
-    edtn: Path
+    edtn: Optional[Path] = None
     deca: Optional[Path] = None
     generator: Optional[Path] = None
     flame: Optional[Path] = None
     landmark_embedding: Optional[Path] = None
+    basis: Optional[Path] = None
 
 
 def resolve_stage_assets(cfg: InferConfig, encode_frames: bool, show_mesh: bool) -> StageAssets:
-    """Find every file the configured run needs, before any work (raises ``AssetError``)."""
+    """Find every file the configured run needs, before any work (raises ``AssetError``).
+
+    The mapping decides the morph-mapping files: ``edtn`` the network weights, ``basis_fit`` the
+    basis, ``vertex_fit`` the basis and FLAME (model + landmark embedding).
+    """
     render = cfg.render is RenderMode.anime
+    mapping = cfg.mapping.value
+    flame = show_mesh or mapping == "vertex_fit"
     return StageAssets(
-        edtn=resolve_asset("edtn_weights", cfg.edtn_path),
+        edtn=resolve_asset("edtn_weights", cfg.edtn_path) if mapping == "edtn" else None,
         deca=resolve_asset("deca_model", cfg.deca_path) if encode_frames else None,
         generator=(resolve_asset(f"generator_{cfg.generator.value}", cfg.generator_path)
                    if render else None),
-        flame=resolve_asset("flame_model", cfg.flame_path) if show_mesh else None,
+        flame=resolve_asset("flame_model", cfg.flame_path) if flame else None,
         landmark_embedding=(resolve_asset("landmark_embedding", cfg.landmark_embedding_path)
-                            if show_mesh else None),
+                            if flame else None),
+        basis=resolve_asset("transform_matrix", cfg.basis_path) if mapping != "edtn" else None,
     )
 
 
@@ -160,21 +169,37 @@ class FaceEncoder:
 
 # ============================================================================ stage 2: codes → morphs
 class MorphMapper:
-    """DECA code156 → 17 anime morphs in [0,1] with EDTN (exp 50 ⊕ jaw 3 → MLP).
+    """DECA code156 → 17 anime morphs in [0,1] with one of the morph mappings of
+    :mod:`edtn.mappings` (exp 50 ⊕ jaw 3 → morphs): ``edtn`` (the network), ``basis_fit`` or
+    ``vertex_fit`` (training-free, exact box-constrained fits).
 
     Args:
-        edtn_path: ``EDTN.pt`` or one of our training checkpoints. device: torch device.
-        trust_checkpoint: allow a full unpickle of the weights file (only for files you created).
+        edtn_path: ``EDTN.pt`` or one of our training checkpoints (``edtn`` only).
+        device: torch device.
+        trust_checkpoint: allow a full unpickle of the model files (only for files you created).
+        mapping: the mapping's name.
+        basis_path, flame_path, landmark_embedding_path: the basis (``basis_fit`` /
+            ``vertex_fit``) and FLAME (``vertex_fit``) files.
     """
 
-    def __init__(self, edtn_path: Path, device: torch.device | str = "cpu",
-                 trust_checkpoint: bool = False) -> None:
-        from edtn.model import load_edtn
+    def __init__(self, edtn_path: Optional[Path] = None, device: torch.device | str = "cpu",
+                 trust_checkpoint: bool = False, *, mapping: str = "edtn", basis_path: Optional[Path] = None,
+                 flame_path: Optional[Path] = None, landmark_embedding_path: Optional[Path] = None) -> None:
+        from edtn.mappings import build_mapping
 
         self.device = resolve_device(device)
-        self.model = load_edtn(edtn_path, device=self.device, trust_checkpoint=trust_checkpoint)
+        self.name = mapping
+        self.mapping = build_mapping(mapping, edtn_path=edtn_path, basis_path=basis_path,
+                                     flame_path=flame_path, landmark_embedding_path=landmark_embedding_path,
+                                     device=self.device, trust_checkpoint=trust_checkpoint)
 
-    @torch.inference_mode()
+    @classmethod
+    def from_assets(cls, assets: StageAssets, mapping: str, device: torch.device | str = "cpu",
+                    trust_checkpoint: bool = False) -> "MorphMapper":
+        """The mapper for ``mapping`` with the files :func:`resolve_stage_assets` found."""
+        return cls(assets.edtn, device, trust_checkpoint, mapping=mapping, basis_path=assets.basis,
+                   flame_path=assets.flame, landmark_embedding_path=assets.landmark_embedding)
+
     def __call__(self, code156: np.ndarray, on_frames: OnFrames = None) -> torch.Tensor:
         """code156 (T,156) → morphs (T,17) float32 on the CPU."""
         from deca_edit.codes import edtn_input_from_code156
@@ -183,7 +208,7 @@ class MorphMapper:
         out = []
         for start in range(0, len(inputs), MAPPING_BATCH):
             chunk = inputs[start:start + MAPPING_BATCH].to(self.device)
-            out.append(self.model(chunk).float().cpu())
+            out.append(self.mapping(chunk).float().cpu())
             if on_frames is not None:
                 on_frames(len(chunk))
         return torch.cat(out) if out else torch.zeros(0, 17)
@@ -245,6 +270,11 @@ class AnimeRenderer:
                                asset=f"generator_{style}", trust_checkpoint=trust_checkpoint)
         self.generator = prepare_for_inference(model).eval()
         self.image_size = self.generator.config.image_size
+        self.set_source(source, source_composite)
+
+    def set_source(self, source: str | Path, source_composite: str = "round") -> None:
+        """Animate another source image; the generator stays loaded (evaluation renders many
+        characters)."""
         self.source = load_source_image(source, self.image_size, source_composite).to(self.device)
 
     @torch.inference_mode()

@@ -13,8 +13,9 @@ Examples::
     python scripts/extract_deca.py /data/videos --out /data/deca --shard ${SLURM_ARRAY_TASK_ID}/16 --device cuda
 
 Weights: DECA's deca_model.tar (asset ``deca_model``: $EDTN_HOME/deca_model.tar or --checkpoint).
-Face boxes: face-alignment's S3FD if its weights are present (asset ``face_detector``), else dlib's
-HOG detector (warning). Frames without a face and unreadable inputs are reported in
+Face crops: with face-alignment's weights present (assets ``face_detector`` = S3FD and
+``face_landmarker`` = 2D-FAN-4) the crop is the original's (DECA's ``kpt68`` crop around the 68 FAN
+landmarks); with S3FD only, S3FD boxes; without either, dlib's HOG detector (warning). Frames without a face and unreadable inputs are reported in
 <out>/extract_report[.shard-i-of-n].json and skipped. Exit status 1 if any input could not be read.
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="crops per encoder call")
     parser.add_argument("--shard", default=None, help="i/n: process only job k with k %% n == i (0-based)")
     parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="auto",
-                        help="face detector (auto: face-alignment S3FD if its weights exist, else dlib)")
+                        help="auto (face-alignment if its weights exist, else dlib) | fan | dlib "
+                             "(face_alignment = fan); fan with 2D-FAN-4 weights crops as the original")
     parser.add_argument("--no-detect", "--aligned", dest="aligned", action="store_true",
                         help="frames are face-centred (VoxCeleb): resize the whole frame to 224, no detection")
     parser.add_argument("--scale", type=positive_float, default=CROP_SCALE,

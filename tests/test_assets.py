@@ -142,3 +142,37 @@ def test_fetch_assets_lists_manual_assets_and_fails_offline():
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_assets.py"), "nonsense"],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "unknown asset" in bad.stderr
+
+
+def test_fetch_assets_fetches_the_public_evaluation_weights(monkeypatch, tmp_path, capsys):
+    """inception_fid and anime_landmarker have public addresses: fetch_assets.py downloads them
+    into the torch hub cache (where torch-fidelity / anime-face-detector keep them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fetch_assets", REPO / "scripts" / "fetch_assets.py")
+    fetch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch)
+    fetched = []
+    monkeypatch.setattr(fetch, "download", lambda url, dest, **kw: fetched.append((url, Path(dest))))
+    assert fetch.main(["inception_fid", "anime_landmarker"]) == 0
+    hub = fetch.torch_hub_dir()
+    assert fetched == [
+        ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+         "weights-inception-2015-12-05-6726825d.pth", hub / "weights-inception-2015-12-05-6726825d.pth"),
+        ("https://github.com/hysts/anime-face-detector/releases/download/v0.0.1/mmpose_anime-face_hrnetv2.pth",
+         hub / "mmpose_anime-face_hrnetv2.pth")]
+    assert {"inception_fid", "anime_landmarker"} <= {n for n, s in ASSETS.items() if s.url}
+
+
+def test_evaluation_asset_content_checks(tmp_path):
+    wrong = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({"fc.weight": torch.zeros(10, 2048)}, wrong)
+    status = check_asset("inception_fid", wrong)
+    assert status.present and not status.ok and "Conv2d_1a_3x3.conv.weight" in status.detail
+    from helpers.eval_standins import inception_standin
+
+    assert check_asset("inception_fid", inception_standin(tmp_path / "ok.pth")).ok
+    landmarker = tmp_path / "mmpose_anime-face_hrnetv2.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 3, 3)}}, landmarker)
+    status = check_asset("anime_landmarker", landmarker)
+    assert not status.ok and "keypoint_head.final_layer.3.weight" in status.detail

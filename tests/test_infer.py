@@ -482,3 +482,26 @@ def test_grid_chart_shows_the_pose_that_drives_the_generator(codes_dir, authors_
         solid |= (area == np.array(colour, np.uint8)).all(-1)
         ghost |= (area == np.array(render._lighten(colour), np.uint8)).all(-1)
     assert not solid.any() and ghost.any()
+
+
+# ----------------------------------------------------------------------------- mapping option
+def test_training_free_mappings_through_infer(codes_dir, authors_dir, synthetic_flame_path,
+                                              landmark_embedding_path, monkeypatch):
+    """mapping=basis_fit | vertex_fit replace EDTN (no EDTN weights needed) and give the fits of
+    edtn.mappings; vertex_fit without FLAME stops before any work, naming the FLAME file."""
+    from deca_edit.codes import code156, edtn_input_from_code156, read_code_mat
+    from edtn.mappings import build_mapping
+
+    basis = authors_dir / "transform_matrix_08_30.npy"
+    files = sorted(codes_dir.glob("*.mat"))
+    x = torch.from_numpy(np.stack([edtn_input_from_code156(code156(read_code_mat(f))) for f in files]))
+    flame = dict(flame_path=synthetic_flame_path, landmark_embedding_path=landmark_embedding_path)
+    for mapping, extra in (("basis_fit", {}), ("vertex_fit", flame)):
+        result = run(make_cfg(driving=codes_dir, render="none", mapping=mapping, basis_path=basis, **extra))
+        expected = build_mapping(mapping, basis_path=basis, **extra)(x).numpy()
+        np.testing.assert_allclose(result.morphs_raw, expected, rtol=0, atol=1e-6)
+        assert mapping in result.seconds
+    with pytest.raises(AssetError, match="generic_model.pkl"):
+        run(make_cfg(driving=codes_dir, render="none", mapping="vertex_fit", basis_path=basis))
+    with pytest.raises(Exception, match="mapping"):
+        run(make_cfg(driving=codes_dir, render="none", mapping="nearest"))

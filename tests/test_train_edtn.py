@@ -247,20 +247,47 @@ def test_eval_script_on_authors_weights(authors_dir, synthetic_flame_path, landm
               "--flame-model", str(synthetic_flame_path),
               "--landmark-embedding", str(landmark_embedding_path),
               "--basis", str(authors_dir / "transform_matrix_08_30.npy"), "--device", "cpu"]
-    report = eval_edtn.main(common + ["--out", str(tmp_path / "fast"), "--cache-dir", str(tmp_path / "cache")])
+    report = eval_edtn.main(common + ["--out", str(tmp_path / "fast"), "--cache-dir", str(tmp_path / "cache"),
+                                      "--mapping", "edtn", "basis_fit", "vertex_fit"])
     saved = json.loads((tmp_path / "fast.json").read_text())
     assert saved["frames"] == 308 and saved["metrics"] == report["metrics"]
-    metrics = saved["metrics"]
+    assert saved["mappings"] == ["edtn", "basis_fit", "vertex_fit"]
+    metrics = saved["metrics"]["edtn"]
     assert set(metrics) == {"vertex", "landmark", "eye", "lip", "total", "vertex_rmse_mm"}
     assert all(math.isfinite(v) and v > 0 for v in metrics.values())
     total = 100 * metrics["vertex"] + metrics["landmark"] + metrics["eye"] + metrics["lip"]
     assert metrics["total"] == pytest.approx(total, rel=1e-6)
+    # vertex_fit is the per-frame optimum of the vertex term, on the same codes
+    vertex = {name: saved["metrics"][name]["vertex"] for name in saved["mappings"]}
+    assert vertex["vertex_fit"] <= min(vertex["edtn"], vertex["basis_fit"])
     with open(tmp_path / "fast.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[0]["video"] == "ALL" and int(rows[0]["frames"]) == 308
+    assert (rows[0]["mapping"], rows[0]["video"], int(rows[0]["frames"])) == ("edtn", "ALL", 308)
     assert float(rows[0]["total"]) == pytest.approx(metrics["total"], rel=1e-9)
+    assert {r["mapping"] for r in rows} == {"edtn", "basis_fit", "vertex_fit"}
     # the literal FLAME path gives the same numbers
     ref = eval_edtn.main(common + ["--out", str(tmp_path / "ref"), "--impl", "reference",
                                    "--no-per-video"])
     for key, value in metrics.items():
-        assert ref["metrics"][key] == pytest.approx(value, rel=1e-4)
+        assert ref["metrics"]["edtn"][key] == pytest.approx(value, rel=1e-4)
+    # an existing output is not overwritten silently
+    with pytest.raises(ValueError, match="ref.json exists; pass --overwrite"):
+        eval_edtn.main(common + ["--out", str(tmp_path / "ref"), "--no-per-video"])
+    assert eval_edtn.main(common + ["--out", str(tmp_path / "ref"), "--no-per-video", "--overwrite"])
+
+
+def test_eval_script_default_output_never_collides(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import eval_edtn
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    monkeypatch.chdir(tmp_path)
+    first = eval_edtn.output_prefix(None, overwrite=False)
+    assert first == Path(eval_edtn.DEFAULT_OUT)
+    first.parent.mkdir(parents=True)
+    first.with_name(first.name + ".csv").write_text("x")
+    assert eval_edtn.output_prefix(None, overwrite=False) == Path(eval_edtn.DEFAULT_OUT + "_1")
+    assert eval_edtn.output_prefix(str(first), overwrite=True) == first
+    with pytest.raises(ValueError, match="metrics.csv exists"):
+        eval_edtn.output_prefix(str(first), overwrite=False)
