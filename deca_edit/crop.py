@@ -320,24 +320,37 @@ def _is_torchscript(path) -> bool:
                    for name in archive.namelist())
 
 
-def load_fan_network(path=None, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_fan_network(path=None, device: str | torch.device = "cpu",
+                     trust_checkpoint: bool = False) -> torch.nn.Module:
     """face-alignment's 2D-FAN-4 landmark network (asset ``face_landmarker``), in eval mode.
 
-    The released ``2DFAN4-11f355bf06.pth.tar`` is a TorchScript archive (read with
-    ``torch.jit.load``, which runs no pickled Python code); a plain state dict of
+    The released ``2DFAN4-11f355bf06.pth.tar`` is a TorchScript archive. TorchScript runs the
+    program stored in the file, so ``torch.jit.load`` is only called on a file we verified: its
+    sha256 must start with the release's (``11f355bf06``, the name's suffix); any other
+    TorchScript file needs ``trust_checkpoint``. A plain state dict of
     ``face_alignment.models.FAN(4)`` (what newer face-alignment releases load) is read with the
     safe :func:`infra.checkpoint.load_torch_file` and a strict key check.
 
     Args:
         path: explicit file; ``None`` resolves the asset (``$EDTN_HOME`` or the torch hub cache).
         device: where the network runs.
+        trust_checkpoint: load a TorchScript file that is not the release (only files you made).
     Raises:
-        AssetError: the file is missing (nothing is downloaded). ValueError: not a 2D-FAN-4 file.
+        AssetError: the file is missing (nothing is downloaded). ValueError: not a 2D-FAN-4 file,
+        or an unverified TorchScript file without ``trust_checkpoint``.
     """
-    from infra.checkpoint import format_keys, load_torch_file, state_dict_problems
+    from infra.assets import ASSETS, sha256_of
+    from infra.checkpoint import TRUST_OPT_IN, format_keys, load_torch_file, state_dict_problems
 
     weights = resolve_asset("face_landmarker", path)
     if _is_torchscript(weights):
+        expected = ASSETS["face_landmarker"].sha256
+        digest = sha256_of(weights)
+        if not digest.startswith(expected) and not trust_checkpoint:
+            raise ValueError(f"{weights}: a TorchScript archive that is not face-alignment's released "
+                             f"2D-FAN-4 (sha256 {digest[:12]}... does not start with {expected}); "
+                             "TorchScript runs the program stored in the file, so only the verified "
+                             f"release loads by default. For a file you made yourself pass {TRUST_OPT_IN}.")
         with warnings.catch_warnings():  # torch 2.x marks jit.load deprecated; the release is TorchScript
             warnings.filterwarnings("ignore", category=FutureWarning)
             return torch.jit.load(str(weights), map_location=device).eval()
@@ -395,9 +408,10 @@ class FanLandmarker:
         flip_input: also run the mirrored crop and average the heatmaps (face-alignment's option).
     """
 
-    def __init__(self, path=None, device: str | torch.device = "cpu", flip_input: bool = False):
+    def __init__(self, path=None, device: str | torch.device = "cpu", flip_input: bool = False,
+                 trust_checkpoint: bool = False):
         self.device = torch.device(device)
-        self.network = load_fan_network(path, self.device)
+        self.network = load_fan_network(path, self.device, trust_checkpoint)
         self.flip_input = flip_input
 
     @staticmethod
@@ -461,7 +475,7 @@ DETECTOR_ALIASES = {"face_alignment": "fan"}
 
 
 def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weights=None,
-                  landmarker_weights=None) -> FaceDetector:
+                  landmarker_weights=None, trust_checkpoint: bool = False) -> FaceDetector:
     """Build a face detector.
 
     Args:
@@ -473,6 +487,7 @@ def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weight
         device: device for the S3FD / FAN networks.
         weights: explicit S3FD weights path (else the ``face_detector`` asset lookup).
         landmarker_weights: explicit 2D-FAN-4 path (else the ``face_landmarker`` asset lookup).
+        trust_checkpoint: see :func:`load_fan_network`.
     """
     if kind not in DETECTOR_CHOICES:
         raise ValueError(f"detector must be one of {DETECTOR_CHOICES[:-1]} ('face_alignment' = 'fan'), "
@@ -490,7 +505,8 @@ def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weight
                         "scripts/fetch_assets.py to get them.")
         return DlibFaceDetector()
     try:
-        return FanKpt68Detector(boxes, FanLandmarker(landmarker_weights, device))
+        return FanKpt68Detector(boxes, FanLandmarker(landmarker_weights, device,
+                                                     trust_checkpoint=trust_checkpoint))
     except AssetError:
         if landmarker_weights not in (None, ""):
             raise

@@ -128,7 +128,8 @@ class FaceEncoder:
         self.batch_size = batch_size
         self.encoder = load_deca_checkpoint(deca_path, device=self.device,
                                             trust_checkpoint=trust_checkpoint)
-        self.detector = None if aligned else make_detector(detector, device=self.device)
+        self.detector = None if aligned else make_detector(detector, device=self.device,
+                                                           trust_checkpoint=trust_checkpoint)
 
     def encode(self, frames: Iterable[tuple[str, np.ndarray]], count: int,
                on_frames: OnFrames = None) -> FaceCodes:

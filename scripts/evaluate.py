@@ -76,7 +76,8 @@ def cmd_kdr(args: argparse.Namespace) -> int:
                          f"(first: {missing[0]}); run scripts/render_protocol.py first")
     cache = args.human_cache or args.protocol.parent / f"human_landmarks_{args.human_box}"
     human = human_features(pairs, args.vox_images, cache, landmarker_path=args.face_landmarker,
-                           box=args.human_box, device=args.device, progress=not args.no_progress)
+                           box=args.human_box, device=args.device, progress=not args.no_progress,
+                           trust_checkpoint=args.trust_checkpoint)
     anime = anime_features(pairs, args.fake, landmarker_path=args.anime_landmarker, device=args.device,
                            progress=not args.no_progress)
     result = kdr([human[p.pair] for p in pairs], [anime[p.pair] for p in pairs])
@@ -100,6 +101,7 @@ def _settings(args: argparse.Namespace):
         out=args.out, render=render, inception_path=getattr(args, "inception", None),
         fid_feature_layer=getattr(args, "fid_feature_layer", "2048"), anime_landmarker_path=args.anime_landmarker,
         face_landmarker_path=args.face_landmarker, human_box=args.human_box,
+        trust_checkpoint=args.trust_checkpoint,
         real_dir=getattr(args, "real", None), real_per_identity=getattr(args, "real_per_identity", None) or None,
         device=args.device, progress=not args.no_progress)
 
@@ -142,6 +144,9 @@ def _kdr_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--human-box", choices=HUMAN_BOXES, default="auto",
                    help="face boxes on the driving frames: auto (S3FD if present, else dlib) | fan | dlib | "
                         "frame (the whole frame)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="ONLY for files you created: load a 2D-FAN-4 TorchScript file that is not the "
+                        "verified release (TorchScript runs the program stored in the file)")
 
 
 def _fid_layer_arg(p: argparse.ArgumentParser) -> None:

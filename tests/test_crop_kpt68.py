@@ -118,7 +118,9 @@ def fan_standin(tmp_path):
 
 def test_fan_landmarker_decodes_with_face_alignment_geometry(fan_standin, deca_dir):
     path, peaks = fan_standin
-    landmarker = FanLandmarker(path)
+    with pytest.raises(ValueError, match="not face-alignment's released 2D-FAN-4.*trust_checkpoint=true"):
+        FanLandmarker(path)                       # TorchScript runs its stored program: verified only
+    landmarker = FanLandmarker(path, trust_checkpoint=True)
     image = read_image(deca_dir / "faces" / "alfw1.png")
     box = FaceBox(40.0, 30.0, 180.0, 200.0)
     points = landmarker(image, [box])
@@ -171,4 +173,6 @@ def test_detector_names_fan_alias_and_fallbacks(tmp_path, monkeypatch, fan_stand
     fan_path, _ = fan_standin
     (home / fan_path.name).write_bytes(fan_path.read_bytes())
     for name in ("auto", "fan", "face_alignment"):
-        assert isinstance(make_detector(name), FanKpt68Detector)
+        assert isinstance(make_detector(name, trust_checkpoint=True), FanKpt68Detector)
+    with pytest.raises(ValueError, match="sha256"):   # a stand-in is not the verified release
+        make_detector("fan")

@@ -66,6 +66,7 @@ class EvalSettings:
         inception_path: FID Inception weights. anime_landmarker_path: the 28-point anime model.
         face_landmarker_path: 2D-FAN-4. human_box: face boxes of the human side (``auto``: S3FD
             when present else dlib; ``frame``: the whole frame).
+        trust_checkpoint: load a 2D-FAN-4 TorchScript file that is not the verified release.
         fid_feature_layer: Inception features of the FID (``2048`` = the standard FID).
         real_dir: a prepared FID real set (default: made in ``<out>/real_<size>px_<n>per_id_seed<s>``);
         real_per_identity / real_seed: its sampling.
@@ -82,6 +83,7 @@ class EvalSettings:
     anime_landmarker_path: Optional[str] = None
     face_landmarker_path: Optional[str] = None
     human_box: str = "auto"
+    trust_checkpoint: bool = False
     fid_feature_layer: str = "2048"
     real_dir: Optional[Path] = None
     real_per_identity: Optional[int] = DEFAULT_REAL_PER_IDENTITY
@@ -110,6 +112,7 @@ def _human_box_detector(kind: str, device):
 
 def human_features(pairs: Sequence[EvalPair], images_root: Path, cache_dir: Path, *,
                    landmarker_path: Optional[str] = None, box: str = "auto", device="cpu",
+                   trust_checkpoint: bool = False,
                    progress: bool = True) -> dict[str, np.ndarray]:
     """KDR's human features (T, 3) per pair, from 68 landmarks of the driving frames (cached as
     ``<cache_dir>/<pair>.npy``, (T, 68, 2), NaN rows where no face was found)."""
@@ -127,7 +130,7 @@ def human_features(pairs: Sequence[EvalPair], images_root: Path, cache_dir: Path
             points = np.load(cache)
         else:
             if landmarker is None:
-                landmarker = FanLandmarker(landmarker_path, device)
+                landmarker = FanLandmarker(landmarker_path, device, trust_checkpoint=trust_checkpoint)
                 detector = _human_box_detector(box, device)
             points = np.full((len(pair.frames), 68, 2), np.nan, np.float32)
             for t, frame in enumerate(pair.frames):
@@ -294,6 +297,7 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
                                                       protocol_path=settings.protocol, progress=settings.progress)
     human = human_features(pairs, Path(settings.vox_images), out / f"human_landmarks_{settings.human_box}",
                            landmarker_path=settings.face_landmarker_path, box=settings.human_box,
+                           trust_checkpoint=settings.trust_checkpoint,
                            device=device, progress=settings.progress)
     real = None
     if kind == "table1":
