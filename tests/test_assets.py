@@ -68,7 +68,7 @@ def test_check_assets_script_prints_table(authors_dir, tmp_path):
         [sys.executable, str(REPO / "scripts" / "check_assets.py"), "--json", str(out),
          "--path", f"edtn_weights={authors_dir / 'EDTN.pt'}"],
         capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 1  # some assets are missing in the test cache
+    assert proc.returncode == 0  # missing files are no failure unless a use is required
     assert "edtn_weights" in proc.stdout and "ok" in proc.stdout
     assert "flame.is.tue.mpg.de" in proc.stdout  # where to get FLAME
     assert "Traceback" not in proc.stderr
