@@ -30,8 +30,9 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from infra.runtime import (atomic_save, capture_rng_state, find_resume_checkpoint, resolve_device,
-                          resolve_run_dir, restore_rng_state, seed_everything)
+from infra.runtime import (USER_ERRORS, atomic_save, capture_rng_state, discard_unused_run_dir,
+                           find_resume_checkpoint, log_to_run_dir, resolve_device, resolve_run_dir,
+                           restore_rng_state, seed_everything)
 
 from .checkpoint import checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
 from .config import GeneratorConfig
@@ -230,6 +231,10 @@ def run(cfg: Any) -> dict[str, Any]:
     info, device = init_distributed(device)
     try:
         return _train(cfg, info, device)
+    except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
+        if info.is_main:
+            discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
+        raise
     finally:
         cleanup_distributed()
 
@@ -238,6 +243,7 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
     run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / "checkpoints"
     seed_everything(cfg.seed)
+    log_handler = log_to_run_dir(run_dir, "train_ag.log") if info.is_main else None
     if info.is_main:
         log.info("run dir %s, device %s, world size %d", run_dir, device, info.world_size)
 
@@ -348,6 +354,9 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
 
     if writer is not None:
         writer.close()
+    if log_handler is not None:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
     return {"run_dir": str(run_dir), "last_checkpoint": str(last_path or ckpt_dir / LAST_CHECKPOINT),
             "epoch": cfg.train.epochs, "step": step, "stage": stage.value if stage else None,
             "losses": losses}

@@ -24,7 +24,6 @@ When several faces are found the largest box is used.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
@@ -246,7 +245,7 @@ class SfdFaceDetector:
                 for b in boxes]
 
 
-DETECTOR_CHOICES = ("auto", "face_alignment", "dlib")
+DETECTOR_CHOICES = ("auto", "fan", "dlib", "face_alignment")   # face_alignment: old name of fan
 
 
 def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weights=None) -> FaceDetector:
@@ -254,7 +253,8 @@ def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weight
 
     Args:
         kind: ``auto`` (face-alignment's S3FD if its weights are present, else dlib with a
-            warning), ``face_alignment`` (weights required) or ``dlib``.
+            warning), ``fan`` (face-alignment; weights required; ``face_alignment`` is an alias)
+            or ``dlib``.
         device: device for the S3FD network.
         weights: explicit S3FD weights path (else the ``face_detector`` asset lookup).
     """
@@ -262,14 +262,14 @@ def make_detector(kind: str = "auto", device: str | torch.device = "cpu", weight
         raise ValueError(f"detector must be one of {DETECTOR_CHOICES}, got {kind!r}")
     if kind == "dlib":
         return DlibFaceDetector()
-    if kind == "face_alignment":
+    if kind in ("fan", "face_alignment"):
         return SfdFaceDetector(weights, device)
     try:
         return SfdFaceDetector(weights, device)
     except AssetError:
-        warnings.warn("face-alignment's S3FD weights (asset 'face_detector') not found; using dlib's HOG "
-                      "face detector instead (frontal faces only). Run scripts/fetch_assets.py to get them.",
-                      stacklevel=2)
+        _logger.warning("face-alignment's S3FD weights (asset 'face_detector') not found; using "
+                        "dlib's HOG face detector instead (frontal faces only). Run "
+                        "scripts/fetch_assets.py to get them.")
         return DlibFaceDetector()
 
 

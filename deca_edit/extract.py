@@ -225,7 +225,8 @@ def extract_codes(frames: Iterable[Any] | str | os.PathLike, encoder: torch.nn.M
             crop, box = crop_face(image, detector, scale=scale)
             bar.update(1)
             if crop is None:
-                _logger.warning("no face found in frame %s (%s); skipped", index, name)
+                # callers report frames without a face once, in their summary
+                _logger.debug("no face found in frame %s (%s); skipped", index, name)
                 result.missing.append(index)
                 result.missing_names.append(name)
                 continue

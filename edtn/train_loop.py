@@ -30,8 +30,9 @@ from edtn.losses import GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
-                          find_resume_checkpoint, resolve_device, resolve_run_dir, restore_rng_state,
-                          seed_everything, unwrap_model)
+                           discard_unused_run_dir, find_resume_checkpoint, log_to_run_dir,
+                           resolve_device, resolve_run_dir, restore_rng_state, seed_everything,
+                           unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
@@ -59,6 +60,8 @@ def run(cfg: Any) -> dict:
     try:
         return _train(cfg, dist, device)
     except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
+        if dist.is_main:
+            discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
         raise
     except Exception:
         log.exception("EDTN training failed (run dir %s)", resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
@@ -71,7 +74,7 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     main = dist.is_main
     run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     ckpt_dir = run_dir / CHECKPOINT_SUBDIR
-    log_handler = _start_logging(run_dir) if main else None
+    log_handler = log_to_run_dir(run_dir) if main else None
     if main:
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(to_plain_dict(cfg)))
@@ -317,17 +320,6 @@ def load_checkpoint(path: Path) -> dict:
 # ============================================================================= logging
 def _fmt(values: dict) -> str:
     return " ".join(f"{k} {v:.5g}" for k, v in values.items())
-
-
-def _start_logging(run_dir: Path) -> logging.Handler:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    return handler
 
 
 def _make_writer(run_dir: Path):

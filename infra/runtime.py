@@ -6,8 +6,10 @@ scripts all use the same few functions so that "device", "seed" and "checkpoint"
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ __all__ = [
     "restore_rng_state",
     "find_resume_checkpoint",
     "resolve_run_dir",
+    "log_to_run_dir",
+    "discard_unused_run_dir",
     "unwrap_model",
     "exit_on_user_error",
 ]
@@ -133,6 +137,60 @@ def resolve_run_dir(run_dir: Optional[str], default: str | os.PathLike) -> Path:
         return Path(HydraConfig.get().runtime.output_dir).resolve()
     except ValueError:  # HydraConfig not set: not inside @hydra.main
         return Path(default).resolve()
+
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+QUIET_LOGGERS = ("matplotlib", "PIL")   # chatty INFO/DEBUG lines (font cache, plugins) kept out of logs
+RUN_BOOKKEEPING = frozenset({".hydra", "config.yaml", "train.log", "train_ag.log"})
+
+
+def log_to_run_dir(run_dir: Path, filename: str = "train.log") -> Optional[logging.Handler]:
+    """Send INFO+ log records to ``run_dir/filename`` once.
+
+    Under ``@hydra.main`` Hydra's job logging may already write that very file (its run dir is
+    ours); then nothing is added, so no line is written twice. Returns the added handler (remove
+    and close it at the end of the run) or ``None``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    target = (run_dir / filename).resolve()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == target
+           for h in root.handlers):
+        return None
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    return handler
+
+
+def discard_unused_run_dir(run_dir: Path) -> bool:
+    """Remove ``run_dir`` when a run failed before it wrote anything of value.
+
+    Only a folder holding nothing but start-up bookkeeping (Hydra's ``.hydra/``, ``config.yaml``,
+    the log file) is removed, with the parent folders below the working directory that it leaves
+    empty (``outputs/edtn/``); a folder with checkpoints, TensorBoard files or anything else, or a
+    folder that does not exist, is left alone. Returns True when the folder was removed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    entries = {p.name for p in run_dir.iterdir()}
+    if not entries <= RUN_BOOKKEEPING:
+        return False
+    for handler in logging.getLogger().handlers:  # release the log file before deleting it
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            handler.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:  # the empty outputs/<name>/ folders made for it
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+    return not run_dir.exists()
 
 
 def find_resume_checkpoint(resume: Optional[str], checkpoint_dir: str | os.PathLike,

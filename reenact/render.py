@@ -16,7 +16,9 @@ import numpy as np
 __all__ = [
     "LAYOUTS",
     "resize_panel",
+    "chart_area",
     "morph_bar_chart",
+    "label_panel",
     "project_orthographic",
     "rasterize_mesh",
     "render_mesh",
@@ -29,7 +31,8 @@ CHART_BACKGROUND = (250, 250, 250)
 # bar colours by morph group (AnimeCeleb order: 6 eye, 6 eyebrow, 5 mouth)
 GROUP_COLOURS = ((66, 133, 244), (52, 168, 83), (234, 67, 53))
 GROUP_SIZES = (6, 6, 5)
-CHART_MARGIN = 0.08          # fraction of the panel kept free around the bars
+CHART_MARGIN = 0.04          # fraction of the panel kept free around the chart
+GHOST_LIGHTEN = 0.65         # raw-morph ghost bars: group colour blended this far towards white
 MESH_COLOUR = np.array([0.78, 0.80, 0.85])
 MESH_AMBIENT = 0.25
 LIGHT_DIRECTION = np.array([0.0, 0.0, 1.0])  # towards the viewer (camera looks along -z)
@@ -52,35 +55,96 @@ def resize_panel(image: np.ndarray, size: int) -> np.ndarray:
     return panel
 
 
-def morph_bar_chart(morphs: Sequence[float], size: int = 256) -> np.ndarray:
+def chart_area(size: int) -> tuple[int, int, int, int]:
+    """Plot area ``(left, right, top, bottom)`` in pixels of a :func:`morph_bar_chart` panel: the
+    title / legend strip is above ``top``, the 0–1 axis labels left of ``left``, the morph indices
+    below ``bottom``."""
+    margin = int(round(size * CHART_MARGIN))
+    text_h = max(8, size // 16)
+    return margin + text_h, size - margin, margin + 2 * text_h, size - margin - text_h
+
+
+def _lighten(colour: Sequence[int], amount: float = GHOST_LIGHTEN) -> tuple[int, int, int]:
+    return tuple(int(round(c + (255 - c) * amount)) for c in colour)
+
+
+def morph_bar_chart(morphs: Sequence[float], size: int = 256,
+                    raw: Optional[Sequence[float]] = None) -> np.ndarray:
     """Bar chart of the 17 morphs (values in [0,1]) as an RGB uint8 ``size``×``size`` panel.
 
-    Bars are coloured by group (eye / eyebrow / mouth), labelled with their index.
+    Args:
+        morphs: (17,) the morphs that drive the generator (after relative mode, gain, smoothing);
+            solid bars coloured by group (eye / eyebrow / mouth).
+        size: panel side in pixels.
+        raw: optional (17,) mapping output before post-processing, drawn as a light "ghost" bar
+            behind each solid bar (a legend says which is which).
+    The panel has a title, a 0–1 axis with ticks at 0, 0.5 and 1, and the morph indices.
     """
     import cv2
 
     values = np.clip(np.asarray(morphs, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    ghost = None if raw is None else np.clip(np.asarray(raw, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if ghost is not None and ghost.shape != values.shape:
+        raise ValueError(f"raw morphs have shape {ghost.shape}, expected {values.shape}")
     panel = np.empty((size, size, 3), np.uint8)
     panel[:] = CHART_BACKGROUND
-    margin = int(round(size * CHART_MARGIN))
-    label_h = max(8, size // 16)
-    top, bottom = margin, size - margin - label_h
-    left, right = margin, size - margin
+    left, right, top, bottom = chart_area(size)
     slot = (right - left) / len(values)
     colours = [c for c, n in zip(GROUP_COLOURS, GROUP_SIZES) for _ in range(n)]
     colours += [GROUP_COLOURS[-1]] * (len(values) - len(colours))
-    cv2.line(panel, (left, bottom), (right, bottom), (0, 0, 0), 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
     font_scale = size / 900.0
+    readable = font_scale > 0.12
+    ink = (60, 60, 60)
+    for tick in (0.0, 0.5, 1.0):  # y axis: light grid lines and labels
+        y = int(round(bottom - tick * (bottom - top)))
+        cv2.line(panel, (left, y), (right, y), (215, 215, 215), 1)
+        if readable:
+            cv2.putText(panel, f"{tick:g}", (2, y + 3), font, font_scale, ink, 1, cv2.LINE_AA)
+    cv2.line(panel, (left, bottom), (right, bottom), (0, 0, 0), 1)
     for i, v in enumerate(values):
         x0 = int(round(left + i * slot + 0.15 * slot))
         x1 = max(x0 + 1, int(round(left + (i + 1) * slot - 0.15 * slot)))
+        if ghost is not None:
+            yg = int(round(bottom - ghost[i] * (bottom - top)))
+            if yg < bottom:
+                panel[yg:bottom, x0:x1] = _lighten(colours[i])
         y0 = int(round(bottom - v * (bottom - top)))
         if y0 < bottom:
-            panel[y0:bottom, x0:x1] = colours[i]
-        if font_scale > 0.12:
-            cv2.putText(panel, f"{i}", (x0, size - margin // 2 - 1), cv2.FONT_HERSHEY_SIMPLEX,
-                        font_scale, (60, 60, 60), 1, cv2.LINE_AA)
+            inset = max(1, (x1 - x0) // 5) if ghost is not None else 0  # ghost stays visible
+            panel[y0:bottom, x0 + inset:max(x0 + inset + 1, x1 - inset)] = colours[i]
+        if readable:
+            cv2.putText(panel, f"{i}", (x0, bottom + (size - bottom) // 2 + 2), font, font_scale,
+                        ink, 1, cv2.LINE_AA)
+    if readable:
+        text_h = max(8, size // 16)
+        cv2.putText(panel, "morphs", (left, top - text_h - 2), font, 1.2 * font_scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        legend_x = left + int(0.45 * (right - left))
+        cv2.rectangle(panel, (legend_x, top - text_h - 9), (legend_x + 7, top - text_h - 2),
+                      GROUP_COLOURS[0], -1)
+        cv2.putText(panel, "drives", (legend_x + 10, top - text_h - 2), font, font_scale, ink, 1,
+                    cv2.LINE_AA)
+        if ghost is not None:
+            cv2.rectangle(panel, (legend_x, top - 9), (legend_x + 7, top - 2),
+                          _lighten(GROUP_COLOURS[0]), -1)
+            cv2.putText(panel, "raw", (legend_x + 10, top - 2), font, font_scale, ink, 1, cv2.LINE_AA)
     return panel
+
+
+def label_panel(panel: np.ndarray, text: str) -> np.ndarray:
+    """Copy of an RGB uint8 panel with ``text`` in a white box in its top-left corner."""
+    import cv2
+
+    out = panel.copy()
+    size = out.shape[0]
+    scale = size / 700.0
+    if scale <= 0.12:
+        return out
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (w + 6, h + base + 6), (255, 255, 255), -1)
+    cv2.putText(out, text, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
 
 
 def project_orthographic(vertices: np.ndarray, cam: Sequence[float], size: int) -> np.ndarray:
@@ -250,24 +314,28 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cam: Sequence[float], s
 
 
 def compose_grid(driving: np.ndarray, anime: np.ndarray, morphs: Optional[Sequence[float]] = None,
-                 mesh: Optional[np.ndarray] = None) -> np.ndarray:
+                 mesh: Optional[np.ndarray] = None, raw_morphs: Optional[Sequence[float]] = None,
+                 titles: bool = False) -> np.ndarray:
     """One grid frame: driving | [mesh] | anime | [morph chart], all panels at the anime size.
 
     Args:
         driving: RGB uint8 driving frame (any size; letterboxed into a square panel).
         anime: RGB uint8 (S,S,3) generator output; sets the panel size S.
-        morphs: optional 17 morph values in [0,1] → bar chart panel.
+        morphs: optional 17 morphs in [0,1] that drove the generator → bar chart panel.
         mesh: optional RGB uint8 rendering of the DECA reconstruction.
+        raw_morphs: optional 17 mapping outputs before post-processing (ghost bars).
+        titles: write "driving", "DECA mesh", "anime" into the panels' corners.
     Returns:
         RGB uint8 (S, n·S, 3) with n = 2, 3 or 4 panels.
     """
     size = anime.shape[0]
     if anime.shape[:2] != (size, size):
         raise ValueError(f"anime frame must be square, got {anime.shape[:2]}")
-    panels = [resize_panel(driving, size)]
+    named = [("driving", resize_panel(driving, size))]
     if mesh is not None:
-        panels.append(resize_panel(mesh, size))
-    panels.append(anime)
+        named.append(("DECA mesh", resize_panel(mesh, size)))
+    named.append(("anime", anime))
+    panels = [label_panel(p, t) if titles else p for t, p in named]
     if morphs is not None:
-        panels.append(morph_bar_chart(morphs, size))
+        panels.append(morph_bar_chart(morphs, size, raw=raw_morphs))
     return np.concatenate(panels, axis=1)

@@ -43,7 +43,8 @@ def parse_args(argv=None):
                    help="driving video (synthetic aligned frames when missing)")
     p.add_argument("--source", type=Path, default=SHARED_AUTHORS / "basis.png",
                    help="anime source image (synthetic when missing)")
-    p.add_argument("--json", type=Path, default=Path("bench_infer.json"), help="where to write results")
+    p.add_argument("--json", type=Path, default=Path("bench_results/bench_infer.json"),
+                   help="where to write results (JSON)")
     p.add_argument("--skip-e2e", action="store_true", help="only time the stages")
     return p.parse_args(argv)
 
@@ -105,7 +106,8 @@ def _source(folder: Path, args) -> Path:
 def bench(args) -> dict:
     from deca_edit.crop import crop_face, make_detector
     from deca_edit.encoder import load_deca_checkpoint
-    from reenact.pipeline import load_source_image, run
+    from reenact.pipeline import run
+    from reenact.stages import load_source_image
     from edtn.model import load_edtn
     from reenact.pose import PoseOptions, build_pose_sequence
     from reenact.video_io import write_frames
@@ -197,6 +199,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     results = bench(args)
     print_table(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
 

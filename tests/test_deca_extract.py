@@ -161,11 +161,14 @@ def test_unreadable_video_gives_clear_error(tmp_path):
     assert "broken.mp4" in report["failed"][0]["error"]
 
 
-def test_detector_choice_never_downloads(tmp_path, monkeypatch):
-    with pytest.raises(AssetError, match="s3fd"):
-        make_detector("face_alignment")
-    with pytest.warns(UserWarning, match="dlib"):
+def test_detector_choice_never_downloads(tmp_path, monkeypatch, caplog):
+    for name in ("fan", "face_alignment"):          # fan: the documented name; the old one still works
+        with pytest.raises(AssetError, match="s3fd"):
+            make_detector(name)
+    with caplog.at_level("WARNING", logger="deca_edit.crop"):
         assert isinstance(make_detector("auto"), DlibFaceDetector)
+    # one plain log line (no file:line / source line as warnings.warn printed)
+    assert [r.getMessage() for r in caplog.records if "dlib" in r.getMessage()]
     # with (here random) S3FD weights in the asset home, face-alignment's detector is used
     from face_alignment.detection.sfd.net_s3fd import s3fd
 

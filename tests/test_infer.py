@@ -19,7 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infra.assets import AssetError
-from reenact.pipeline import ReenactmentPipeline, hold_missing, load_source_image, run
+from reenact.driving import hold_missing
+from reenact.pipeline import ReenactmentPipeline, run
+from reenact.stages import load_source_image
 from reenact.pose import POSE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,17 +236,19 @@ def test_packed_codes_equal_mat_folder(codes_dir, authors_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end: video
-def test_video_full_path_detect_encode_edtn_generate(authors_dir, deca_tar, generator_path, tmp_path):
+def test_video_full_path_detect_encode_edtn_generate(authors_dir, deca_tar, generator_path, tmp_path,
+                                                     caplog):
     from deca_edit.crop import crop_face, make_detector
     from deca_edit.encoder import load_deca_checkpoint
     from reenact.video_io import open_driving
 
     out = tmp_path / "anime.mp4"
-    with pytest.warns(UserWarning, match="dlib"):   # no face-alignment weights in the test home
+    with caplog.at_level("WARNING"):   # no face-alignment weights in the test home: dlib, said once
         result = run(make_cfg(driving=authors_dir / "example.mp4", max_frames=N_VIDEO_FRAMES,
                               source=authors_dir / "basis.png", out=out, deca_path=deca_tar,
                               generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
                               batch_size=2, pose_npy=tmp_path / "p.npy"))
+    assert sum("dlib" in r.getMessage() for r in caplog.records) == 1
     video = open_driving(out)
     assert (video.num_frames, video.fps) == (N_VIDEO_FRAMES, 20.0)
     assert next(iter(video))[1].shape == (256, 256, 3)
@@ -269,7 +273,8 @@ def test_video_full_path_detect_encode_edtn_generate(authors_dir, deca_tar, gene
 
 
 # ----------------------------------------------------------------------------- bad inputs
-def test_frame_without_face_holds_previous_pose(face_frames, authors_dir, deca_tar, tmp_path):
+def test_frame_without_face_holds_previous_pose(face_frames, authors_dir, deca_tar, tmp_path, capsys,
+                                                caplog):
     import imageio.v3 as iio
 
     folder = tmp_path / "frames"
@@ -284,6 +289,8 @@ def test_frame_without_face_holds_previous_pose(face_frames, authors_dir, deca_t
     result = run(make_cfg(driving=folder, render="none", deca_path=deca_tar, detector="dlib",
                           edtn_path=authors_dir / "EDTN.pt"))
     assert result.missing == [0, 2]
+    said = capsys.readouterr().out + "".join(r.getMessage() for r in caplog.records)
+    assert said.count("no face") == 1 and "0, 2" in said             # reported once, in the summary
     p = result.poses
     np.testing.assert_array_equal(p[0], p[1])
     np.testing.assert_array_equal(p[2], p[1])
@@ -320,7 +327,7 @@ def test_output_in_missing_directory_stops_before_work(codes_dir, authors_dir, g
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(inference, "_read_code_folder", must_not_run)
+    monkeypatch.setattr(inference, "read_code_input", must_not_run)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(make_cfg(driving=codes_dir, source=authors_dir / "basis.png",
                      out=tmp_path / "missing" / "anime.mp4", generator_path=generator_path,
@@ -339,7 +346,7 @@ def test_missing_asset_stops_before_any_work(missing, codes_dir, authors_dir, ge
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(inference, "_read_code_folder", must_not_run)
+    monkeypatch.setattr(inference, "read_code_input", must_not_run)
     monkeypatch.setattr(inference, "open_driving", must_not_run)
     kw = dict(driving=codes_dir, source=authors_dir / "basis.png", out=tmp_path / "a.mp4",
               generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
@@ -382,3 +389,94 @@ def test_cli_clean_errors_and_success(codes_dir, authors_dir, tmp_path):
     assert "done: 3 frames" in proc.stdout
     assert _listing(home) == ["EDTN.pt"]                           # Hydra left nothing in the cwd
     assert (tmp_path / "p.csv").read_text().count("\n") == 4
+
+
+# ----------------------------------------------------------------------------- typed config
+def test_cli_typed_config_names_the_key(codes_dir, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    base = [f"driving={codes_dir}", "render=none"]
+    proc = _cli(*base, "fps=abc", env_home=home)
+    assert proc.returncode == 1 and "infer.py: error:" in proc.stderr and "fps=abc" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _cli(*base, "batch_size=1.5", env_home=home)           # not silently truncated to 1
+    assert proc.returncode == 1 and "batch_size" in proc.stderr and "Integer" in proc.stderr
+    proc = _cli(*base, "mouth_gan=2", env_home=home)               # a typo is not an invitation
+    assert proc.returncode == 1 and "unknown infer config key 'mouth_gan'" in proc.stderr
+    assert "mouth_gain" in proc.stderr and "+mouth_gan" not in proc.stderr
+    proc = _cli(*base, "default_fps=0", env_home=home)             # blamed on the right key
+    assert proc.returncode == 1 and "'default_fps'" in proc.stderr and "smoothing" not in proc.stderr
+    assert _listing(home) == []
+
+
+def test_pipeline_receives_a_typed_config(codes_dir, authors_dir):
+    from reenact.config import InferConfig, RenderMode, SmoothingMethod, validate_infer_config
+
+    cfg = validate_infer_config({"driving": str(codes_dir), "render": "none", "device": "cpu",
+                                 "edtn_path": str(authors_dir / "EDTN.pt"), "smoothing": {"method": "ema"}})
+    assert isinstance(cfg, InferConfig) and cfg.render is RenderMode.none
+    assert cfg.smoothing.method is SmoothingMethod.ema and cfg.out == "anime.mp4"
+    assert isinstance(ReenactmentPipeline(cfg).cfg, InferConfig)
+    with pytest.raises(ValueError, match="batch_size"):
+        validate_infer_config({"driving": "x", "render": "none", "batch_size": 1.5})
+    with pytest.raises(ValueError, match="mouth_gan"):
+        validate_infer_config({"driving": "x", "render": "none", "mouth_gan": 2})
+    with pytest.raises(ValueError, match="detector"):
+        validate_infer_config({"driving": "x", "render": "none", "detector": "haar"})
+    assert validate_infer_config({"driving": "x", "render": "none", "detector": "fan"}).detector == "fan"
+
+
+def test_single_image_output_with_many_frames_fails_before_work(codes_dir, authors_dir, generator_path,
+                                                                tmp_path, monkeypatch):
+    import reenact.pipeline as pipeline
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(pipeline, "MorphMapper", must_not_run)
+    monkeypatch.setattr(pipeline, "AnimeRenderer", must_not_run)
+    with pytest.raises(ValueError, match=r"single image .* 8 frames.*max_frames=1"):
+        run(make_cfg(driving=codes_dir, source=authors_dir / "basis.png", out=tmp_path / "a.png",
+                     generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt"))
+    assert _listing(tmp_path) == []
+
+
+def test_summary_is_on_its_own_line_when_output_is_redirected(codes_dir, authors_dir, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    log_file = tmp_path / "log.txt"
+    env = {**os.environ, "EDTN_HOME": str(home), "TORCH_HOME": str(home / "torch")}
+    with open(log_file, "w") as handle:
+        proc = subprocess.run([sys.executable, str(REPO / "infer.py"), f"driving={codes_dir}",
+                               "render=none", f"edtn_path={authors_dir / 'EDTN.pt'}", "progress=true"],
+                              stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=home, timeout=300)
+    assert proc.returncode == 0
+    text = log_file.read_text()
+    lines = text.replace("\r", "\n").splitlines()
+    assert any(line.startswith("done: 8 frames") for line in lines), text
+    bar = [line for line in lines if line.startswith("edtn")]     # the bar counts frames, not batches
+    assert bar and "8/8" in bar[-1] and "frame/s" in bar[-1]
+
+
+def test_grid_chart_shows_the_pose_that_drives_the_generator(codes_dir, authors_dir, generator_path,
+                                                             tmp_path):
+    """relative=true maps frame 0 to the neutral pose: its chart has no solid bars, only the raw
+    EDTN output as ghost bars."""
+    import imageio.v3 as iio
+
+    from reenact import render
+
+    out = tmp_path / "grid.png"
+    result = run(make_cfg(driving=codes_dir, source=authors_dir / "basis.png", out=out, max_frames=1,
+                          generator_path=generator_path, edtn_path=authors_dir / "EDTN.pt",
+                          layout="grid", relative=True))
+    assert np.all(result.poses[0, :17] == 0) and result.morphs_raw[0].max() > 0.1
+    chart = iio.imread(out)[:, 2 * 256:]
+    left, right, top, bottom = render.chart_area(256)
+    area = chart[top:bottom + 1, left:right]
+    solid = np.zeros(area.shape[:2], bool)
+    ghost = np.zeros(area.shape[:2], bool)
+    for colour in render.GROUP_COLOURS:
+        solid |= (area == np.array(colour, np.uint8)).all(-1)
+        ghost |= (area == np.array(render._lighten(colour), np.uint8)).all(-1)
+    assert not solid.any() and ghost.any()

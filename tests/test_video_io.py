@@ -169,18 +169,47 @@ def test_grid_shapes():
     assert np.array_equal(grid[:, 128:192], anime)            # driving | mesh | anime | chart
 
 
+def _bar_columns(chart, colour_of):
+    """Per column of the plot area, the number of pixels of exactly the given colours."""
+    left, right, top, bottom = render.chart_area(chart.shape[0])
+    area = chart[top:bottom + 1]
+    mask = np.zeros(area.shape[:2], bool)
+    for colour in colour_of:
+        mask |= (area == np.array(colour, np.uint8)).all(-1)
+    return mask.sum(0), left, right
+
+
 def test_morph_chart_bar_heights():
     values = np.zeros(17)
     values[3], values[14] = 1.0, 0.5
     chart = render.morph_bar_chart(values, size=200)
-    coloured = (np.abs(chart.astype(int) - np.array(render.CHART_BACKGROUND)).sum(-1) > 60)
-    coloured[:, :] &= ~(chart.max(-1) - chart.min(-1) < 30)   # bars are saturated colours
-    columns = coloured.sum(0)
-    margin = int(round(200 * render.CHART_MARGIN))
-    slot = (200 - 2 * margin) / 17
-    centre = lambda i: int(margin + (i + 0.5) * slot)  # noqa: E731
+    columns, left, right = _bar_columns(chart, render.GROUP_COLOURS)
+    slot = (right - left) / 17
+    centre = lambda i: int(left + (i + 0.5) * slot)  # noqa: E731
     full, half, empty = columns[centre(3)], columns[centre(14)], columns[centre(8)]
     assert empty == 0 and full > 0 and abs(half / full - 0.5) < 0.05
+    # the 0-1 axis: full height is the plot area
+    _, _, top, bottom = render.chart_area(200)
+    assert abs(full - (bottom - top)) <= 1
+
+
+def test_morph_chart_shows_driving_pose_and_raw_ghost():
+    """Solid bars are the pose that drives the generator; raw mapping output is a lighter ghost."""
+    drive, raw = np.zeros(17), np.zeros(17)
+    drive[0], raw[0] = 0.25, 1.0          # e.g. relative mode lowered morph 0
+    raw[5] = 0.5                          # morph 5 fired raw but not after post-processing
+    chart = render.morph_bar_chart(drive, size=200, raw=raw)
+    solid, left, right = _bar_columns(chart, render.GROUP_COLOURS)
+    ghost, _, _ = _bar_columns(chart, [render._lighten(c) for c in render.GROUP_COLOURS])
+    _, _, top, bottom = render.chart_area(200)
+    slot = (right - left) / 17
+    centre = lambda i: int(left + (i + 0.5) * slot)  # noqa: E731
+    height = bottom - top
+    assert abs(solid[centre(0)] - 0.25 * height) <= 2
+    assert abs(solid[centre(0)] + ghost[centre(0)] - height) <= 2   # ghost above the solid bar
+    assert solid[centre(5)] == 0 and abs(ghost[centre(5)] - 0.5 * height) <= 2
+    plain = render.morph_bar_chart(drive, size=200)                 # no raw: no ghost colour
+    assert _bar_columns(plain, [render._lighten(c) for c in render.GROUP_COLOURS])[0].sum() == 0
 
 
 def test_rasteriser_draws_where_the_mesh_projects():
