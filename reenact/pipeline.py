@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,8 +29,11 @@ import torch
 
 from reenact.config import InferConfig, Layout, RenderMode, pose_options, validate_infer_config
 from reenact.driving import CODE156_GLOBAL, DrivingCodes, driving_kind, hold_missing, read_code_input
-from reenact.outputs import GridFrames, check_frame_count, check_pose_path, write_pose_files
-from reenact.pose import build_pose_sequence
+from infra.standin import warn_if_standin
+from reenact.outputs import (GridFrames, check_frame_count, check_plot_path, check_pose_path,
+                             write_pose_files)
+from reenact.plots import write_pose_plot
+from reenact.pose import build_pose_sequence, raw_pose_sequence
 from reenact.progress import ProgressCallback, StageProgress
 from reenact.stages import (AnimeRenderer, FaceEncoder, MeshPainter, MorphMapper, StageAssets,
                             resolve_stage_assets)
@@ -50,8 +54,11 @@ class InferenceResult:
         poses: (T,20) float32 anime poses fed to the generator (morph_00…morph_16, angle_0..2).
         morphs_raw: (T,17) mapping outputs before post-processing.
         frames: frame indices (0..T-1). missing: frames without a face (their code was held).
-        out: written animation path or None. pose_csv / pose_npy: written pose files or None.
+        out: written animation path or None. pose_csv / pose_npy / pose_plot / grid_out: the other
+            written files or None.
         fps: frame rate of the output. seconds: per-stage wall time. total_seconds: end to end.
+        raw_poses: (T,20) the mapping's raw output as a pose (no relative mode, gain or smoothing).
+        codes: the DECA codes of every frame (after holding frames without a face).
     """
 
     poses: np.ndarray
@@ -64,6 +71,10 @@ class InferenceResult:
     fps: float
     seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
+    raw_poses: Optional[np.ndarray] = None
+    codes: Optional[DrivingCodes] = None
+    pose_plot: Optional[Path] = None
+    grid_out: Optional[Path] = None
 
     @property
     def frames_per_second(self) -> float:
@@ -87,17 +98,20 @@ class ReenactmentPipeline:
         self.progress = progress or StageProgress(bars=cfg.progress)
         self.driving = Path(cfg.driving).expanduser()
         self.render = cfg.render is RenderMode.anime
+        self.grid_out = check_output_path(cfg.grid_out, "grid_out") if self.render and cfg.grid_out else None
         self.grid = self.render and cfg.layout is Layout.grid
-        self.show_mesh = self.grid and cfg.show_mesh
+        self.show_mesh = (self.grid or self.grid_out is not None) and cfg.show_mesh
         self.out = check_output_path(cfg.out, "out") if self.render else None
         self.pose_csv = check_pose_path(cfg.pose_csv, ".csv", "pose_csv")
         self.pose_npy = check_pose_path(cfg.pose_npy, ".npy", "pose_npy")
+        self.pose_plot = check_plot_path(cfg.pose_plot, "pose_plot")
         self.kind = driving_kind(self.driving)
         self.source = Path(cfg.source).expanduser() if self.render else None
         if self.source is not None and not self.source.is_file():
             raise FileNotFoundError(f"source image not found: {self.source}")
         self.assets: StageAssets = resolve_stage_assets(cfg, encode_frames=self.kind == "frames",
                                                         show_mesh=self.show_mesh)
+        warn_if_standin(vars(self.assets).values())
 
     # ------------------------------------------------------------------ stage 1: DECA codes
     def _driving_codes(self) -> DrivingCodes:
@@ -105,11 +119,13 @@ class ReenactmentPipeline:
         if self.kind != "frames":
             codes = read_code_input(self.driving, self.kind, cfg.driving_video, cfg.max_frames)
             check_frame_count(self.out, len(codes.code156))
+            check_frame_count(self.grid_out, len(codes.code156))
             if self.show_mesh and codes.cam is None:
                 raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
             return codes
         frames = open_driving(self.driving, cfg.max_frames)
         check_frame_count(self.out, len(frames))
+        check_frame_count(self.grid_out, len(frames))
         encoder = FaceEncoder(self.assets.deca, detector=cfg.detector, aligned=cfg.aligned,
                               device=cfg.device, batch_size=cfg.batch_size)
         named = ((frames.names[i], frame) for i, frame in frames)
@@ -132,20 +148,26 @@ class ReenactmentPipeline:
         painter = (MeshPainter(self.assets.flame, self.assets.landmark_embedding, cfg.device)
                    if self.show_mesh else None)
         grid = None
-        if self.grid:
+        if self.grid or self.grid_out is not None:
             pictures = (frame for _, frame in codes.frames) if codes.frames is not None else None
             grid = GridFrames(pictures, poses, morphs, cfg.show_morphs)
         n = len(poses)
-        with FrameWriter(self.out, fps) as writer, self.progress.stage("generate", n) as advance:
+        with ExitStack() as stack:
+            writer = stack.enter_context(FrameWriter(self.out, fps))
+            grid_writer = (stack.enter_context(FrameWriter(self.grid_out, fps))
+                           if self.grid_out is not None else None)
+            advance = stack.enter_context(self.progress.stage("generate", n))
             for start in range(0, n, cfg.batch_size):
                 stop = min(n, start + cfg.batch_size)
                 anime = renderer.render(poses[start:stop])
                 meshes = (painter.paint(codes.code156[start:stop], codes.cam[start:stop],
                                         renderer.image_size) if painter is not None else None)
                 for k, frame in enumerate(anime):
-                    if grid is not None:
-                        frame = grid.compose(start + k, frame, meshes[k] if meshes else None)
-                    writer.write(frame)
+                    grid_frame = (grid.compose(start + k, frame, meshes[k] if meshes else None)
+                                  if grid is not None else None)
+                    writer.write(grid_frame if self.grid else frame)
+                    if grid_writer is not None:
+                        grid_writer.write(grid_frame)
                 advance(stop - start)
 
     # ------------------------------------------------------------------ run
@@ -169,7 +191,10 @@ class ReenactmentPipeline:
         seconds["pose"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        raw = raw_pose_sequence(morphs, global_pose.to(morphs.dtype), cfg.angle_mode.value).float()
         write_pose_files(poses, self.pose_csv, self.pose_npy)
+        if self.pose_plot is not None:
+            write_pose_plot(self.pose_plot, poses, raw, codes.missing, fps, title=self.driving.name)
         seconds["export"] = time.perf_counter() - t0
         if self.render:
             t0 = time.perf_counter()
@@ -177,7 +202,8 @@ class ReenactmentPipeline:
             seconds["generate+write"] = time.perf_counter() - t0
         total = time.perf_counter() - t_start
         result = InferenceResult(poses.numpy(), morphs.numpy(), list(range(len(poses))), codes.missing,
-                                 self.out, self.pose_csv, self.pose_npy, float(fps), seconds, total)
+                                 self.out, self.pose_csv, self.pose_npy, float(fps), seconds, total,
+                                 raw.numpy(), codes, self.pose_plot, self.grid_out)
         _print_summary(result, self.driving)
         return result
 
