@@ -3,7 +3,7 @@
     python demo.py                       # http://127.0.0.1:7860 (this machine only)
     python demo.py --port 8080 --host 0.0.0.0 --share    # other machines / a public Gradio link
 
-Same as ``python -m reenact.demo``; see ``python demo.py --help`` and README "Demo".
+Same as ``python -m reenact.demo``; see ``python demo.py --help`` and README *Demo*.
 """
 import sys
 

@@ -18,15 +18,20 @@ __all__ = ["build_app", "STREAM_EVERY_S", "LIVE_TIME_LIMIT_S", "DELETE_CACHE"]
 STREAM_EVERY_S = 0.1          # how often the browser sends a webcam frame (the server drops what it cannot keep up with)
 LIVE_TIME_LIMIT_S = 600       # one live stream runs at most this long; press Record again to continue
 DELETE_CACHE = (600, 3600)    # Gradio prunes its upload/output cache every 10 min, files older than 1 h
-IMAGE_HEIGHT = 320
+IMAGE_HEIGHT = 300
+CONTROL_ROWS = (("generator", "mapping", "angle_mode"), ("mouth_gain", "relative"),
+                ("smoothing.method", "smoothing.ema_alpha"), ("smoothing.min_cutoff", "smoothing.beta"),
+                ("fps", "max_frames"))
 CPU_NOTE = ("On CPU every frame takes about a second at 256² (DECA + generator); live mode then shows "
             "a few frames per second at best. With CUDA it keeps up with a webcam.")
 
 
-def _component(spec: ControlSpec):
+def _component(spec: ControlSpec, tab: str):
+    """The Gradio input for one config key (element id ``<tab>-<key>``, e.g. ``video-max-frames``)."""
     import gradio as gr
 
-    common = {"label": spec.label, "value": spec.default, "info": spec.info}
+    common = {"label": spec.label, "value": spec.default, "info": spec.info,
+              "elem_id": f"{tab}-" + spec.key.replace(".", "-").replace("_", "-")}
     if spec.kind == "dropdown":
         return gr.Dropdown(choices=list(spec.choices), **common)
     if spec.kind == "radio":
@@ -38,6 +43,37 @@ def _component(spec: ControlSpec):
     if spec.kind == "number":
         return gr.Number(minimum=spec.minimum, maximum=spec.maximum, precision=spec.precision, **common)
     raise ValueError(f"unknown control kind {spec.kind!r} for {spec.key}")
+
+
+def _control_rows(specs, tab: str) -> dict:
+    """Controls laid out in :data:`CONTROL_ROWS` order; returns ``{config key: component}``."""
+    import gradio as gr
+
+    wanted = {spec.key: spec for spec in specs}
+    out = {}
+    for row in CONTROL_ROWS:
+        present = [wanted.pop(key) for key in row if key in wanted]
+        if present:
+            with gr.Row():
+                out.update({spec.key: _component(spec, tab) for spec in present})
+    if wanted:  # a control not placed in a row yet
+        with gr.Row():
+            out.update({spec.key: _component(spec, tab) for spec in wanted.values()})
+    return out
+
+
+def _parameter(key: str) -> str:
+    """Config key → API parameter name (``smoothing.method`` → ``smoothing__method``)."""
+    return key.replace(".", "__")
+
+
+def _by_parameter(controls: dict) -> dict:
+    return {_parameter(key): component for key, component in controls.items()}
+
+
+def _config_values(options: dict) -> dict:
+    """API parameters back to config keys."""
+    return {key.replace("__", "."): value for key, value in options.items()}
 
 
 def _as_gradio_error(exc: UserError):
@@ -59,39 +95,43 @@ def build_app(backend: DemoBackend):
         # ------------------------------------------------------------------ Video tab
         with gr.Tab("Video", id="video"):
             with gr.Row():
-                driving = gr.Video(sources=["upload", "webcam"], label="Driving video (upload or record)",
-                                   height=IMAGE_HEIGHT, elem_id="driving")
-                source = gr.Image(type="filepath", sources=["upload"], label="Anime source image",
-                                  height=IMAGE_HEIGHT, elem_id="source")
-            with gr.Accordion("Options", open=True):
-                with gr.Row():
-                    controls = {spec.key: _component(spec) for spec in CONTROLS}
-                compare = gr.Dropdown(choices=[NO_COMPARISON, *backend.mappings], value=NO_COMPARISON,
-                                      label="Side by side with a second mapping",
-                                      info="renders the same input with both mappings (twice the time)")
-            run = gr.Button("Run", variant="primary", elem_id="run")
-            status = gr.Markdown(elem_id="status")
-            with gr.Row():
-                anime = gr.Video(label="Animation (MP4)", elem_id="anime", height=IMAGE_HEIGHT)
-                grid = gr.Video(label="Grid: driving | anime | morphs", elem_id="grid", height=IMAGE_HEIGHT)
-            side_by_side = gr.Video(label="Two mappings side by side", elem_id="side-by-side",
-                                    height=IMAGE_HEIGHT)
-            plot = gr.Image(type="filepath", label="Pose curves", elem_id="pose-plot")
-            csv = gr.File(label="Poses (CSV)", elem_id="pose-csv")
+                with gr.Column(scale=1):
+                    with gr.Row():
+                        driving = gr.Video(sources=["upload", "webcam"], label="Driving video (upload or record)",
+                                           height=IMAGE_HEIGHT, elem_id="driving")
+                        source = gr.Image(type="filepath", sources=["upload"], label="Anime source image",
+                                          height=IMAGE_HEIGHT, elem_id="source")
+                    with gr.Accordion("Options", open=True):
+                        controls = _control_rows(CONTROLS, "video")
+                        compare = gr.Dropdown(choices=[NO_COMPARISON, *backend.mappings], value=NO_COMPARISON,
+                                              label="Side by side with a second mapping", elem_id="video-compare",
+                                              info="the same input through both mappings (twice the time)")
+                    run = gr.Button("Run", variant="primary", elem_id="run")
+                with gr.Column(scale=1):
+                    status = gr.Markdown("Upload a driving video and an anime image, then press Run.",
+                                         elem_id="status")
+                    with gr.Row():
+                        anime = gr.Video(label="Animation (MP4)", elem_id="anime", height=IMAGE_HEIGHT)
+                        grid = gr.Video(label="Grid: driving | anime | morphs", elem_id="grid",
+                                        height=IMAGE_HEIGHT)
+                    plot = gr.Image(type="filepath", label="Pose curves", elem_id="pose-plot")
+                    with gr.Row():
+                        csv = gr.File(label="Poses (CSV)", elem_id="pose-csv")
+                        side_by_side = gr.Video(label="Two mappings side by side", elem_id="side-by-side",
+                                                height=IMAGE_HEIGHT)
 
-            def run_video(driving_path, source_path, compare_with, *values, progress=gr.Progress()):
-                options = dict(zip(controls, values))
+            def run_video(driving_video, source_image, compare_with, progress=gr.Progress(), **options):
                 try:
-                    result = backend.run_video(driving_path, source_path, options, compare_with,
-                                               lambda fraction, desc: progress(fraction, desc=desc))
+                    result = backend.run_video(driving_video, source_image, _config_values(options),
+                                               compare_with, lambda fraction, desc: progress(fraction, desc=desc))
                 except UserError as exc:
                     raise _as_gradio_error(exc) from None
-                return (result.anime, result.grid, result.side_by_side, result.plot, result.csv,
-                        result.summary)
+                return (str(result.anime), str(result.grid),
+                        str(result.side_by_side) if result.side_by_side else None, str(result.plot),
+                        str(result.csv), result.summary)
 
-            run.click(run_video, [driving, source, compare, *controls.values()],
-                      [anime, grid, side_by_side, plot, csv, status], api_name="run_video",
-                      concurrency_limit=1)
+            run.click(run_video, [driving, source, compare], [anime, grid, side_by_side, plot, csv, status],
+                      inputs_kwargs=_by_parameter(controls), api_name="run_video", concurrency_limit=1)
 
         # ------------------------------------------------------------------ Live tab
         with gr.Tab("Live", id="live"):
@@ -104,23 +144,21 @@ def build_app(backend: DemoBackend):
                 camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                                   height=IMAGE_HEIGHT, elem_id="camera")
                 live_out = gr.Image(label="Anime", height=IMAGE_HEIGHT, elem_id="live-anime")
-            with gr.Row():
-                live_controls = {spec.key: _component(spec) for spec in LIVE_CONTROLS}
+            live_controls = _control_rows(LIVE_CONTROLS, "live")
             reset = gr.Button("Reset (next frame is the neutral face)")
             live_stats = gr.Markdown(f"achieved: - frames/s ({backend.device_note})", elem_id="live-stats")
             session = gr.State(None)
 
-            def live_step(frame, source_path, state, *values):
-                options = dict(zip(live_controls, values))
+            def live_step(frame, source_image, state, **options):
                 try:
-                    state = backend.live_session(state, source_path, options)
+                    state = backend.live_session(state, source_image, _config_values(options))
                     image, stats = state.step(frame)
                 except UserError as exc:
-                    return None, f"**{exc}**", state
-                return image, stats, state
+                    return gr.skip(), f"**{exc}**", state
+                return (gr.skip() if image is None else image), stats, state
 
-            camera.stream(live_step, [camera, live_source, session, *live_controls.values()],
-                          [live_out, live_stats, session], stream_every=STREAM_EVERY_S,
+            camera.stream(live_step, [camera, live_source, session], [live_out, live_stats, session],
+                          inputs_kwargs=_by_parameter(live_controls), stream_every=STREAM_EVERY_S,
                           time_limit=LIVE_TIME_LIMIT_S, concurrency_limit=None, api_name="live_step",
                           show_progress="hidden")
             reset.click(backend.reset_live, [session], [session], api_name="live_reset")

@@ -86,7 +86,8 @@ class DemoServer:
         raise RuntimeError(f"demo server did not answer within {SERVER_START_S} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
