@@ -94,12 +94,12 @@ def _field_type(key: str, schema: type = InferConfig) -> Optional[type]:
     return args[0] if len(args) == 1 else kind
 
 
-def field_choices(key: str) -> tuple[str, ...]:
+def field_choices(key: str, schema: type = InferConfig) -> tuple[str, ...]:
     """The allowed values of an enum config key, in schema order (``()`` for other keys).
 
     ``mapping`` before the schema has that key: ``("edtn",)``.
     """
-    kind = _field_type(key)
+    kind = _field_type(key, schema)
     if kind is None and key == MAPPING_KEY:
         return (DEFAULT_MAPPING,)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -192,7 +192,7 @@ def _check_upload(path: Optional[str], what: str, max_bytes: int) -> Path:
     size = file.stat().st_size
     if size > max_bytes:
         raise UserError(f"{what} is {size / MB:.1f} MB, more than the demo's upload limit of "
-                        f"{max_bytes / MB:.0f} MB (start it with --max-upload-mb to change that)")
+                        f"{max_bytes / MB:g} MB (start it with --max-upload-mb to change that)")
     return file
 
 
@@ -287,8 +287,8 @@ class DemoBackend:
         self.max_upload_bytes = int(max_upload_mb * MB)
         self.overrides = dict(overrides or {})
         self.mappings = field_choices(MAPPING_KEY)
-        self.device_note = ("CPU: expect about one frame per second or less; a CUDA GPU keeps up with a "
-                            "webcam" if self.device == "cpu" else f"device {self.device}")
+        self.device_note = ("CPU: about a second per frame with 256² generators; a CUDA GPU keeps up "
+                            "with a webcam" if self.device == "cpu" else f"device {self.device}")
         self._lock = threading.Lock()
         self._live_frames = 0
         self._video_runs = 0
