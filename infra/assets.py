@@ -343,7 +343,7 @@ def check_asset(name: str, path: str | os.PathLike | None = None) -> AssetStatus
     from infra.standin import is_standin_file
 
     status = AssetStatus(name, found, present=True, size=found.stat().st_size,
-                         standin=is_standin_file(found))
+                         standin=is_standin_file(found, sha256_of))
     try:
         status.detail = spec.check(found) if spec.check else "present"
         if spec.sha256 and not status.standin:

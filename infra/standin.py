@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 __all__ = [
     "STANDIN_KEY",
@@ -115,14 +115,13 @@ def _has_key_inside(path: Path) -> bool:
         return False
 
 
-def is_standin_file(path: str | os.PathLike) -> bool:
-    """Thorough check (reads the file): listed in the note beside it with the same sha256, or
-    carrying :data:`STANDIN_KEY` inside (a stand-in moved out of its kit folder)."""
-    from infra.assets import sha256_of
-
+def is_standin_file(path: str | os.PathLike, sha256: Callable[[Path], str]) -> bool:
+    """Thorough check (reads the file): listed in the note beside it with the same ``sha256(path)``
+    (pass :func:`infra.assets.sha256_of`), or carrying :data:`STANDIN_KEY` inside (a stand-in moved
+    out of its kit folder)."""
     path = Path(path)
     entry = read_note(path.parent).get(path.name)
-    if entry is not None and entry.get("sha256") == sha256_of(path):
+    if entry is not None and entry.get("sha256") == sha256(path):
         return bool(entry.get("standin"))
     return _has_key_inside(path)
 

@@ -92,6 +92,18 @@ def _cli_error(args: list[str], home: Path, cwd: Path) -> str:
     return line[len("infer.py: error: "):]
 
 
+def _close_toasts(web, text: str) -> None:
+    """Dismiss the notices that say ``text`` (other notices stay, and fail the test)."""
+    from selenium.webdriver.common.by import By
+
+    for toast in web.find_elements(By.CSS_SELECTOR, ".toast-body"):
+        if toast.is_displayed() and text in toast.text:
+            for close in toast.find_elements(By.CSS_SELECTOR, ".toast-close, button"):
+                if close.is_displayed():
+                    close.click()
+                    break
+
+
 def _paths_out(text: str) -> str:
     return re.sub(r"/\S+", "<path>", text)
 
@@ -111,7 +123,13 @@ def test_video_tab_in_browser(server, authors_dir, tmp_path):
         frames.clear()
         frames.send_keys(str(VIDEO_FRAMES))
         _wait_for(lambda: web.find_elements(By.CSS_SELECTOR, "#source img"), 30, "the source preview")
-        time.sleep(1.0)  # let the uploads settle
+
+        def playable_preview():   # example.mp4 (MPEG-4 part 2) is replaced by an H.264 copy
+            return web.execute_script("const v = document.querySelector('#driving video');"
+                                      "return v !== null && v.readyState >= 1 && v.videoWidth > 0;")
+
+        _wait_for(playable_preview, 60, "the driving video's playable preview")
+        _close_toasts(web, "Video not playable")   # the browser's verdict on the original, before the copy
         click_button(web, "Run")
 
         def video_url():
@@ -126,8 +144,10 @@ def test_video_tab_in_browser(server, authors_dir, tmp_path):
         status = web.find_element(By.ID, "status").text
         assert f"{VIDEO_FRAMES} frames" in status and STANDIN_WARNING in status
         assert web.find_elements(By.CSS_SELECTOR, "#grid video") and web.find_elements(By.CSS_SELECTOR, "#pose-plot img")
+        errors = [e.text for e in web.find_elements(By.CSS_SELECTOR, ".toast-body") if e.is_displayed()]
         shot = _screenshot(web, tmp_path / "demo_video_tab.png")
     assert shot.stat().st_size > 50_000
+    assert not errors, errors
 
 
 def test_live_tab_streams_fake_camera_frames(server, authors_dir, tmp_path):

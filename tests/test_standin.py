@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from infra.assets import ASSETS, check_asset
+from infra.assets import ASSETS, check_asset, sha256_of
 from infra.legacy_pickle import ChumpyArray, dump_py2_pickle, write_py2_pickle
 from infra.pickle_files import load_flame_model
 from infra.standin import (STANDIN_KEY, STANDIN_NOTE, STANDIN_WARNING, has_standin_key, is_standin_file,
@@ -91,7 +91,7 @@ def test_every_file_is_marked(kit):
         assert entry["size"] == path.stat().st_size
         real_copy = name == "landmark_embedding.npy"        # DECA's public file, copied unchanged
         assert entry["standin"] is not real_copy
-        assert is_standin_file(path) is not real_copy
+        assert is_standin_file(path, sha256_of) is not real_copy
         assert (standin_entry(path) is None) is real_copy
     # a key inside every stand-in that can hold one
     assert has_standin_key(load_flame_model(kit / "generic_model.pkl"))
@@ -163,8 +163,8 @@ def test_given_edtn_is_copied_not_a_standin(standin_kit, authors_dir):
     note = read_note(standin_kit)
     assert note["EDTN.pt"]["standin"] is False and note["transform_matrix_08_30.npy"]["standin"] is False
     assert (standin_kit / "EDTN.pt").read_bytes() == (authors_dir / "EDTN.pt").read_bytes()
-    assert not is_standin_file(standin_kit / "EDTN.pt")
-    assert note["generator_default.ckpt"]["standin"] is True and is_standin_file(standin_kit / "deca_model.tar")
+    assert not is_standin_file(standin_kit / "EDTN.pt", sha256_of)
+    assert note["generator_default.ckpt"]["standin"] is True and is_standin_file(standin_kit / "deca_model.tar", sha256_of)
 
 
 def test_offline_without_template_paths_is_one_clear_message(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ STREAM_EVERY_S = 0.1          # how often the browser sends a webcam frame (the 
 LIVE_TIME_LIMIT_S = 600       # one live stream runs at most this long; press Record again to continue
 DELETE_CACHE = (600, 3600)    # Gradio prunes its upload/output cache every 10 min, files older than 1 h
 IMAGE_HEIGHT = 300
+DISPLAY_MIN = 256             # live frames smaller than this are enlarged for display
 CONTROL_ROWS = (("generator", "mapping", "angle_mode"), ("mouth_gain", "relative"),
                 ("smoothing.method", "smoothing.ema_alpha"), ("smoothing.min_cutoff", "smoothing.beta"),
                 ("fps", "max_frames"))
@@ -60,6 +61,16 @@ def _control_rows(specs, tab: str) -> dict:
         with gr.Row():
             out.update({spec.key: _component(spec, tab) for spec in wanted.values()})
     return out
+
+
+def _for_display(image):
+    """Small generator outputs (fast stand-ins) enlarged, pixels kept sharp, to at least 256²."""
+    import cv2
+
+    if image.shape[0] >= DISPLAY_MIN:
+        return image
+    factor = -(-DISPLAY_MIN // image.shape[0])
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 def _parameter(key: str) -> str:
@@ -130,6 +141,8 @@ def build_app(backend: DemoBackend):
                         str(result.side_by_side) if result.side_by_side else None, str(result.plot),
                         str(result.csv), result.summary)
 
+            driving.upload(backend.playable_upload, [driving], [driving], api_visibility="private",
+                           show_progress="minimal")
             run.click(run_video, [driving, source, compare], [anime, grid, side_by_side, plot, csv, status],
                       inputs_kwargs=_by_parameter(controls), api_name="run_video", concurrency_limit=1)
 
@@ -144,9 +157,9 @@ def build_app(backend: DemoBackend):
                 camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                                   height=IMAGE_HEIGHT, elem_id="camera")
                 live_out = gr.Image(label="Anime", height=IMAGE_HEIGHT, elem_id="live-anime")
-            live_controls = _control_rows(LIVE_CONTROLS, "live")
-            reset = gr.Button("Reset (next frame is the neutral face)")
             live_stats = gr.Markdown(f"achieved: - frames/s ({backend.device_note})", elem_id="live-stats")
+            reset = gr.Button("Reset (next frame is the neutral face)")
+            live_controls = _control_rows(LIVE_CONTROLS, "live")
             session = gr.State(None)
 
             def live_step(frame, source_image, state, **options):
@@ -155,7 +168,7 @@ def build_app(backend: DemoBackend):
                     image, stats = state.step(frame)
                 except UserError as exc:
                     return gr.skip(), f"**{exc}**", state
-                return (gr.skip() if image is None else image), stats, state
+                return (gr.skip() if image is None else _for_display(image)), stats, state
 
             camera.stream(live_step, [camera, live_source, session], [live_out, live_stats, session],
                           inputs_kwargs=_by_parameter(live_controls), stream_every=STREAM_EVERY_S,

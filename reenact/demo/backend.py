@@ -196,6 +196,34 @@ def _check_upload(path: Optional[str], what: str, max_bytes: int) -> Path:
     return file
 
 
+PLAYABLE = {(".mp4", "h264"), (".mp4", "av1"), (".webm", "vp8"), (".webm", "vp9"), (".webm", "av1"),
+            (".ogg", "theora")}   # container / codec pairs browsers play
+
+
+def browser_playable(path: str | Path, out_dir: Path) -> Path:
+    """``path`` itself when browsers can play it, else an H.264 MP4 copy in ``out_dir`` (made with
+    imageio-ffmpeg's ffmpeg; Gradio's own conversion needs a system ffmpeg). Unreadable files are
+    returned unchanged: the run reports them."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = Path(path)
+    try:
+        frames = imageio_ffmpeg.read_frames(str(path))
+        codec = next(frames).get("codec", "")
+        frames.close()
+    except (OSError, RuntimeError, StopIteration):
+        return path
+    if (path.suffix.lower(), codec) in PLAYABLE:
+        return path
+    out = out_dir / f"{path.stem}.mp4"   # same name: plot titles and summaries show the user's file
+    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+                           "-i", str(path), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf",
+                           "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-an", str(out)], capture_output=True, text=True)
+    return out if proc.returncode == 0 and out.is_file() else path
+
+
 def side_by_side(left: Path, right: Path, out: Path, fps: float, labels: Sequence[str]) -> Path:
     """Two videos of equal frame count → one MP4 with them next to each other, labelled."""
     import cv2
@@ -333,6 +361,12 @@ class DemoBackend:
             self._live_frames += 1
 
     # ------------------------------------------------------------------ video tab
+    def playable_upload(self, driving: Optional[str]) -> Optional[str]:
+        """An uploaded driving video as browsers can show it (see :func:`browser_playable`)."""
+        if not driving:
+            return driving
+        return str(browser_playable(driving, self.workdir.new_run()))
+
     def run_video(self, driving: Optional[str], source: Optional[str], values: Mapping[str, Any],
                   compare: Optional[str] = None,
                   progress: Optional[Callable[[float, str], None]] = None) -> VideoResult:
