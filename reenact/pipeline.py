@@ -27,9 +27,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from infra.standin import warn_if_standin
 from reenact.config import InferConfig, Layout, RenderMode, pose_options, validate_infer_config
 from reenact.driving import CODE156_GLOBAL, DrivingCodes, driving_kind, hold_missing, read_code_input
-from infra.standin import warn_if_standin
 from reenact.outputs import (GridFrames, check_frame_count, check_plot_path, check_pose_path,
                              write_pose_files)
 from reenact.plots import write_pose_plot

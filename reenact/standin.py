@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse
@@ -346,29 +346,29 @@ def make_standin_kit(out: str | os.PathLike, head_template: str | os.PathLike | 
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"input file not found: {path}")
 
-        def writer(name: str, build: Callable[[], Any], save: Callable[[Any, Path], None], standin: bool,
-                   what: Optional[str] = None):
-            return ASSETS[name].filename, build, save, standin, what or ASSETS[name].what
+        # asset name -> (write it to a path, is it a stand-in); copies keep the given bytes
+        def copy_of(src) -> Callable[[Path], None]:
+            return lambda path: _copy(src, path)
 
-        jobs = [
-            writer("flame_model", lambda: standin_flame_model(head_template, landmark_embedding),
-                   lambda obj, p: write_py2_pickle(obj, p), True),
-            writer("landmark_embedding", lambda: landmark_embedding, lambda src, p: _copy(src, p), False),
-            writer("deca_model", standin_deca_checkpoint, _torch_save, True),
-            writer("edtn_weights", (lambda: edtn) if edtn else standin_edtn_checkpoint,
-                   (lambda src, p: _copy(src, p)) if edtn else _torch_save, edtn is None),
-            writer("transform_matrix", (lambda: transform_matrix) if transform_matrix else standin_transform_matrix,
-                   (lambda src, p: _copy(src, p)) if transform_matrix else _np_save, transform_matrix is None),
-            *[writer(f"generator_{style}", lambda s=style: standin_generator_checkpoint(s, generator_size),
-                     _torch_save, True) for style in GENERATOR_STYLES],
-            writer("vgg19", standin_vgg19, _torch_save, True),
-        ]
-        for filename, build, save, standin, what in tqdm(jobs, desc="stand-in assets", unit="file",
-                                                         disable=not progress):
-            path = out / filename
-            save(build(), path)
-            files[filename] = {"what": what, "standin": standin, "size": path.stat().st_size,
-                               "sha256": sha256_of(path)}
+        jobs: dict[str, tuple[Callable[[Path], None], bool]] = {
+            "flame_model": (lambda path: write_py2_pickle(
+                standin_flame_model(head_template, landmark_embedding), path), True),
+            "landmark_embedding": (copy_of(landmark_embedding), False),
+            "deca_model": (lambda path: _torch_save(standin_deca_checkpoint(), path), True),
+            "edtn_weights": ((copy_of(edtn), False) if edtn else
+                             (lambda path: _torch_save(standin_edtn_checkpoint(), path), True)),
+            "transform_matrix": ((copy_of(transform_matrix), False) if transform_matrix else
+                                 (lambda path: _np_save(standin_transform_matrix(), path), True)),
+            **{f"generator_{style}": (lambda path, s=style: _torch_save(
+                standin_generator_checkpoint(s, generator_size), path), True) for style in GENERATOR_STYLES},
+            "vgg19": (lambda path: _torch_save(standin_vgg19(), path), True),
+        }
+        for name, (write, standin) in tqdm(jobs.items(), desc="stand-in assets", unit="file",
+                                           disable=not progress):
+            path = out / ASSETS[name].filename
+            write(path)
+            files[path.name] = {"what": ASSETS[name].what, "standin": standin, "size": path.stat().st_size,
+                                "sha256": sha256_of(path)}
     write_note(out, files, MADE_BY)
     return files
 

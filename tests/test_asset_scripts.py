@@ -4,37 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
-import importlib.util
 import json
 import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers.local import StaticFiles, free_port, load_script, local_http_server
 from infra.assets import ASSETS, asset_home, torch_hub_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def check_script():
-    return _load_script("check_assets")
+    return load_script("check_assets")
 
 
 @pytest.fixture(scope="module")
 def fetch_script():
-    return _load_script("fetch_assets")
+    return load_script("fetch_assets")
 
 
 # ----------------------------------------------------------------------------- check_assets
@@ -79,37 +69,14 @@ def test_require_rejects_unknown_use(check_script, capsys):
 
 
 # ----------------------------------------------------------------------------- fetch_assets
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+class _Handler(StaticFiles):
+    """Per-test files; unknown paths get 404."""
 
 
 @pytest.fixture()
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with local_http_server(_Handler) as srv:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
 
 
 def test_fetch_tries_every_public_file_and_lists_every_licensed_one(fetch_script, server, monkeypatch, capsys):
@@ -119,7 +86,7 @@ def test_fetch_tries_every_public_file_and_lists_every_licensed_one(fetch_script
     good = b"weights" * 1000
     _Handler.files = {"/good.bin": good}
     # the first public asset fails (offline), the second is a 404, the rest download
-    urls = {public[0]: f"http://127.0.0.1:{_closed_port()}/x", public[1]: f"{server}/missing.bin"}
+    urls = {public[0]: f"http://127.0.0.1:{free_port()}/x", public[1]: f"{server}/missing.bin"}
     for name in public:
         url = urls.get(name, f"{server}/good.bin")
         monkeypatch.setitem(ASSETS, name, dataclasses.replace(ASSETS[name], url=url,

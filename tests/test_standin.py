@@ -2,9 +2,7 @@
 real loader, recognised by check_assets.py; and the py2 FLAME pickle writer it uses."""
 from __future__ import annotations
 
-import importlib.util
 import pickletools
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from infra.standin import (STANDIN_KEY, STANDIN_NOTE, STANDIN_WARNING, has_stand
                            read_note, standin_entry, warn_if_standin)
 
 from conftest import STANDIN_GENERATOR_SIZE
+from helpers.local import free_port, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "make_standin_assets.py"
@@ -168,15 +167,10 @@ def test_given_edtn_is_copied_not_a_standin(standin_kit, authors_dir):
 
 
 def test_offline_without_template_paths_is_one_clear_message(tmp_path, monkeypatch, capsys):
-    import reenact.standin as standin
+    from reenact import standin
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setattr(standin, "HEAD_TEMPLATE_URL", f"http://127.0.0.1:{port}/head_template.obj")
-    spec = importlib.util.spec_from_file_location("make_standin_assets", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    monkeypatch.setattr(standin, "HEAD_TEMPLATE_URL", f"http://127.0.0.1:{free_port()}/head_template.obj")
+    script = load_script("make_standin_assets")
     with pytest.raises(SystemExit) as info:
         script.main(["--out", str(tmp_path / "kit"), "--timeout", "2", "--no-progress"])
     assert info.value.code == 1

@@ -15,7 +15,7 @@ import threading
 import time
 import typing
 from collections import deque
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+
+from helpers.local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -54,12 +55,6 @@ def make_y4m(video: Path, out: Path, seconds: float, size: int = 256) -> Path:
                     "-i", str(video), "-t", str(seconds), "-vf", f"scale={size}:{size}",
                     "-pix_fmt", "yuv420p", str(out)], check=True, timeout=120)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class DemoServer:
