@@ -23,7 +23,8 @@ import torch
 
 from infra.assets import resolve_asset
 from infra.runtime import unwrap_model
-from infra.checkpoint import format_keys, load_torch_file, state_dict_problems, strip_wrapper_prefixes
+from infra.checkpoint import (UnsafeFileError, format_keys, load_torch_file, state_dict_problems,
+                              strip_wrapper_prefixes)
 
 from .config import GeneratorConfig
 from .model import AnimeGenerator
@@ -119,14 +120,19 @@ def check_state_dict(state: Mapping[str, Any], model: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- file IO
-def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Read a checkpoint with :func:`infra.checkpoint.load_torch_file` (safe load first, a warned
-    full unpickle for Lightning files that pickle hyper-parameters).
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
+                         trust_checkpoint: bool = False) -> Any:
+    """Read a checkpoint with :func:`infra.checkpoint.load_torch_file` (``weights_only``; the
+    authors' Lightning layout needs nothing more). ``trust_checkpoint`` is the explicit opt-in to a
+    full unpickle (only for files you created).
 
-    Raises :class:`CheckpointError` naming the file when it cannot be read (truncated, foreign).
+    Raises :class:`infra.checkpoint.UnsafeFileError` for a file that needs other pickle globals,
+    and :class:`CheckpointError` naming the file when it cannot be read (truncated, foreign).
     """
     try:
-        return load_torch_file(path, map_location=map_location)
+        return load_torch_file(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    except UnsafeFileError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reader error means an unusable file
         raise CheckpointError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt "
                               f"or not a checkpoint): {type(exc).__name__}: {str(exc)[:300]}") from exc
@@ -134,7 +140,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
 
 def load_generator(path: str | os.PathLike | None = None, use_ema: bool = True,
                    device: str | torch.device = "cpu", config: GeneratorConfig | None = None,
-                   asset: str = "generator_default") -> AnimeGenerator:
+                   asset: str = "generator_default", trust_checkpoint: bool = False) -> AnimeGenerator:
     """Build an :class:`AnimeGenerator` and load weights strictly from a checkpoint file.
 
     Args:
@@ -145,14 +151,16 @@ def load_generator(path: str | os.PathLike | None = None, use_ema: bool = True,
         config: architecture/behaviour; default: the checkpoint's ``generator_config`` when it
             has one (our format), else :class:`GeneratorConfig` defaults (the authors').
         asset: ``generator_default`` or ``generator_cartoon``.
+        trust_checkpoint: the explicit opt-in to a full unpickle (see :func:`load_checkpoint_file`).
     Returns:
         The model on ``device``, in ``eval()`` mode.
     Raises:
-        AssetError: file not found. CheckpointError: unreadable file or mismatching weights
-        (message names the file and lists the offending keys).
+        AssetError: file not found. UnsafeFileError: the file needs pickle globals outside the
+        allow-list. CheckpointError: unreadable file or mismatching weights (message names the
+        file and lists the offending keys).
     """
     file = resolve_asset(asset, path)
-    obj = load_checkpoint_file(file, map_location=device)
+    obj = load_checkpoint_file(file, map_location=device, trust_checkpoint=trust_checkpoint)
     try:
         state = checkpoint_filter_fn(obj, use_ema=use_ema)
         if config is None and isinstance(obj, Mapping) and isinstance(obj.get("generator_config"), Mapping):

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from infra.assets import AssetError, resolve_asset
+from infra.checkpoint import load_torch_file
 
 __all__ = [
     "VGG19_CFG",
@@ -101,7 +102,7 @@ def load_vgg19_features(path: str | os.PathLike | None = None,
             ``features.N.*`` tensors of the right shapes.
     """
     file = resolve_asset("vgg19", path)
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = load_torch_file(file, map_location="cpu")
     features = {k[len(TORCHVISION_PREFIX):]: v for k, v in state.items() if k.startswith(TORCHVISION_PREFIX)}
     net = build_vgg19_features(num_modules)
     wanted = net.state_dict()

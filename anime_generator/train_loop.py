@@ -15,6 +15,9 @@ resumed after the switch stays in ``gen``. Checkpoints (``last.pt`` every epoch,
 every ``checkpoint.every`` epochs) hold both generators, optimiser, scheduler, grad scaler,
 epoch, step, stage, RNG states and the resolved config; never the VGG weights. Resume happens at
 epoch boundaries and is exact: data order and augmentation depend only on (seed, epoch, index).
+Each checkpoint gets a ``.sha256`` sidecar; on resume a truncated, corrupt, foreign or refused
+``last.pt`` is skipped for the newest intact ``epoch_XXXX.pt`` (logged), and when none is intact
+one message lists every file and why. A second run on the same run dir fails fast (lock).
 """
 from __future__ import annotations
 
@@ -30,11 +33,12 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from infra.runtime import (USER_ERRORS, atomic_save, capture_rng_state, discard_unused_run_dir,
-                           find_resume_checkpoint, log_to_run_dir, resolve_device, resolve_run_dir,
-                           restore_rng_state, seed_everything)
+from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_save, capture_rng_state,
+                           clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
+                           log_to_run_dir, resolve_device, resolve_run_dir, restore_rng_state,
+                           run_dir_lock, seed_everything)
 
-from .checkpoint import checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
+from .checkpoint import OUR_FORMAT, checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
 from .config import GeneratorConfig
 from .data import (AnimeCelebDataset, AnimeCelebDecaDataset, ColorJitterParams, build_dataloader,
                    set_loader_epoch)
@@ -44,7 +48,7 @@ from .train_config import DatasetName, Precision, Stage, to_plain_dict, validate
 
 __all__ = ["init_weights", "set_stage", "stage_for_epoch", "update_ema", "bidirectional_batch",
            "GeneratorLoss", "build_generator", "build_loss", "build_loaders", "training_state",
-           "run"]
+           "load_training_state", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +201,31 @@ def training_state(generator: nn.Module, ema: nn.Module, optimizer, scheduler, s
         config=to_plain_dict(cfg))
 
 
+TRAINING_STATE_KEYS = ("generator", "generator_ema", "optimizer", "scheduler", "epoch", "step",
+                       "stage", "rng")
+
+
+def load_training_state(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a ``train_ag.py`` checkpoint (``weights_only``) and check that it is one.
+
+    Raises:
+        UnsafeFileError: the file needs pickle globals ours never contain (refused, no code runs).
+        CheckpointError: unreadable (truncated / corrupt) file.
+        ValueError: a foreign file (e.g. an exported generator or the authors' ``.ckpt``): the
+            message lists what is missing and says to use ``train.init_checkpoint`` for weights.
+    """
+    state = load_checkpoint_file(path, map_location=map_location)
+    if not isinstance(state, dict) or state.get("format") != OUR_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: not a train_ag.py training checkpoint (format {found!r}, expected "
+                         f"{OUR_FORMAT!r}); to start from its weights use train.init_checkpoint=")
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state or state[k] is None]
+    if missing:
+        raise ValueError(f"{path}: a generator checkpoint without training state (missing {missing}); "
+                         "it cannot be resumed; to start from its weights use train.init_checkpoint=")
+    return state
+
+
 # ----------------------------------------------------------------------------- logging helpers
 @torch.no_grad()
 def _image_grid(ema: AnimeGenerator, images, poses, targets, stage: Stage, samples: int) -> torch.Tensor:
@@ -230,7 +259,11 @@ def run(cfg: Any) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     info, device = init_distributed(device)
     try:
-        return _train(cfg, info, device)
+        # one training process per run dir (rank 0 holds the lock; a second run fails fast)
+        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), info.is_main):
+            return _train(cfg, info, device)
+    except OutputBusyError:  # another run holds the run dir: leave it alone
+        raise
     except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
         if info.is_main:
             discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
@@ -270,9 +303,13 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
 
     # --- resume
     start_epoch, step, stage = 0, 0, None
-    resume = find_resume_checkpoint(cfg.resume, ckpt_dir, LAST_CHECKPOINT)
-    if resume is not None:
-        state = torch.load(resume, map_location=device, weights_only=True)
+    if info.is_main:
+        clean_stale_temps(ckpt_dir, all_in_folder=True)  # left by a killed save; no writer is live
+    resumed = load_resume_checkpoint(cfg.resume, ckpt_dir,
+                                     lambda path: load_training_state(path, map_location=device),
+                                     LAST_CHECKPOINT)
+    if resumed is not None:
+        resume, state = resumed
         generator.load_state_dict(state["generator"], strict=True)
         ema.load_state_dict(state["generator_ema"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
@@ -346,9 +383,9 @@ def _train(cfg: DictConfig, info: DistInfo, device: torch.device) -> dict[str, A
         if info.is_main:
             state = training_state(generator, ema, optimizer, scheduler, scaler, epoch=epoch + 1,
                                    step=step, stage=stage, cfg=cfg)
-            last_path = atomic_save(state, ckpt_dir / LAST_CHECKPOINT)
+            last_path = atomic_save(state, ckpt_dir / LAST_CHECKPOINT, checksum=True)
             if cfg.checkpoint.every and (epoch + 1) % cfg.checkpoint.every == 0:
-                atomic_save(state, ckpt_dir / f"epoch_{epoch + 1:04d}.pt")
+                atomic_save(state, ckpt_dir / f"epoch_{epoch + 1:04d}.pt", checksum=True)
         if info.enabled:
             torch.distributed.barrier()
 

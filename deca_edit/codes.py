@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,8 @@ __all__ = [
     "write_packed_codes",
     "PackedVideo",
     "PackedCodes",
+    "packed_paths",
+    "validate_packed_index",
 ]
 
 # Shape of every key of a per-frame DECA .mat file (as scipy writes/reads it).
@@ -291,7 +292,8 @@ class PackResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _prefix_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+def packed_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<prefix>.npy, <prefix>.json)`` of a packed code file (a ``.npy``/``.json`` suffix is dropped)."""
     prefix = Path(prefix)
     if prefix.suffix in (".npy", ".json"):
         prefix = prefix.with_suffix("")
@@ -359,7 +361,7 @@ def pack_code_tree(source: str | os.PathLike, prefix: str | os.PathLike, *,
     total = sum(len(files) for _, files in videos)
     if total == 0:
         raise ValueError(f"no {MAT_SUFFIX} files found in {source} (expected <video>/*.mat or *.mat)")
-    npy_path, json_path = _prefix_paths(prefix)
+    npy_path, json_path = packed_paths(prefix)
     width = sum(_flat_dim(c) for c in columns)
 
     index_videos: list[dict] = []
@@ -422,18 +424,12 @@ def _read_videos(videos, columns, skip_bad: bool, workers: int):
 def _truncate_npy_rows(path: Path, rows: int, chunk: int = 65536) -> None:
     """Replace the 2-D ``.npy`` at ``path`` by its first ``rows`` rows (chunked copy, no big RAM)."""
     full = np.load(path, mmap_mode="r")
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rows", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as staging:
         small = np.lib.format.open_memmap(staging, mode="w+", dtype=full.dtype, shape=(rows,) + full.shape[1:])
         for begin in range(0, rows, chunk):
             small[begin:begin + chunk] = full[begin:min(begin + chunk, rows)]
         small.flush()
         del small, full
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -487,7 +483,7 @@ def write_packed_codes(prefix: str | os.PathLike, videos: Iterable[tuple[str, Se
         the prefix path.
     """
     columns = _check_columns(columns)
-    npy_path, json_path = _prefix_paths(prefix)
+    npy_path, json_path = packed_paths(prefix)
     blocks, index_videos, row = [], [], 0
     for name, frames, codes in videos:
         n = len(frames)
@@ -530,6 +526,100 @@ class PackedVideo:
         return slice(self.start, self.start + self.count)
 
 
+def _field(index: Mapping[str, Any], key: str, kind: type | tuple, where: str) -> Any:
+    if key not in index:
+        raise CodeFileError(f"{where}: missing field {key!r}")
+    value = index[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise CodeFileError(f"{where}: field {key!r} must be {names}, got {value!r:.80}")
+    return value
+
+
+def validate_packed_index(index: Any, shape: tuple[int, ...], json_path: str | os.PathLike
+                          ) -> tuple[dict[str, tuple[int, int]], list["PackedVideo"]]:
+    """Check every field of a packed-code JSON index against its array; return the columns and
+    videos.
+
+    Rules: ``format`` is :data:`PACK_FORMAT`; ``num_frames`` × ``num_columns`` is the array shape;
+    ``columns`` are known keys with their exact widths, starting with shape, exp, pose, laid out
+    contiguously without gaps or overlaps over all ``num_columns``; every video has a unique
+    ``name``, integer ``start``/``count`` with its rows inside the array, ``count`` frame names, and
+    the videos tile the rows without overlap (their counts add up to ``num_frames``).
+
+    Raises:
+        CodeFileError: naming the file, the field (and the video) and what is wrong.
+    """
+    where = str(json_path)
+    if not isinstance(index, dict):
+        raise CodeFileError(f"{where}: the index must be a JSON object, got {type(index).__name__}")
+    fmt = index.get("format")
+    if fmt != PACK_FORMAT:
+        raise CodeFileError(f"{where}: format is {fmt!r}, expected {PACK_FORMAT!r}")
+    num_frames = _field(index, "num_frames", int, where)
+    num_columns = _field(index, "num_columns", int, where)
+    if tuple(shape) != (num_frames, num_columns):
+        raise CodeFileError(f"{where}: the array's shape {tuple(shape)} does not match num_frames x "
+                            f"num_columns = ({num_frames}, {num_columns}) of the index")
+    raw_columns = _field(index, "columns", dict, where)
+    columns: dict[str, tuple[int, int]] = {}
+    for name, span in raw_columns.items():
+        if name not in CODE_SHAPES:
+            raise CodeFileError(f"{where}: columns: unknown key {name!r} (known: {list(CODE_SHAPES)})")
+        if (not isinstance(span, list) or len(span) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
+            raise CodeFileError(f"{where}: columns[{name!r}] must be [start, stop] integers, got {span!r}")
+        start, stop = span
+        if stop - start != _flat_dim(name):
+            raise CodeFileError(f"{where}: columns[{name!r}] = [{start}, {stop}] spans {stop - start} "
+                                f"values, {name!r} has {_flat_dim(name)}")
+        columns[name] = (start, stop)
+    order = sorted(columns.items(), key=lambda item: item[1][0])
+    if [n for n, _ in order][: len(CODE156_KEYS)] != list(CODE156_KEYS):
+        raise CodeFileError(f"{where}: columns must start with {list(CODE156_KEYS)} (got "
+                            f"{[n for n, _ in order]})")
+    position = 0
+    for name, (start, stop) in order:
+        if start != position:
+            problem = "overlaps the previous column" if start < position else f"leaves a gap at {position}"
+            raise CodeFileError(f"{where}: columns[{name!r}] = [{start}, {stop}] {problem}")
+        position = stop
+    if position != num_columns:
+        raise CodeFileError(f"{where}: columns cover {position} of the {num_columns} array columns "
+                            "(columns incomplete)")
+    raw_videos = _field(index, "videos", list, where)
+    videos, names = [], set()
+    for i, entry in enumerate(raw_videos):
+        label = f"{where}: videos[{i}]"
+        if not isinstance(entry, dict):
+            raise CodeFileError(f"{label} must be an object, got {entry!r:.80}")
+        name = _field(entry, "name", str, label)
+        label = f"{label} ({name!r})"
+        start = _field(entry, "start", int, label)
+        count = _field(entry, "count", int, label)
+        frames = _field(entry, "frames", list, label)
+        if name in names:
+            raise CodeFileError(f"{label}: the name appears twice")
+        if start < 0 or count < 1 or start + count > num_frames:
+            raise CodeFileError(f"{label}: rows [{start}, {start + count}) are not inside the "
+                                f"{num_frames} rows of the array")
+        if len(frames) != count or not all(isinstance(f, str) for f in frames):
+            raise CodeFileError(f"{label}: count is {count} but {len(frames)} frame names are listed")
+        names.add(name)
+        videos.append(PackedVideo(name, start, count, tuple(frames)))
+    position = 0
+    for video in sorted(videos, key=lambda v: v.start):
+        if video.start != position:
+            problem = ("overlaps the previous video" if video.start < position
+                       else f"leaves rows {position}..{video.start - 1} to no video")
+            raise CodeFileError(f"{where}: video {video.name!r} rows [{video.start}, "
+                                f"{video.start + video.count}) {problem}")
+        position = video.start + video.count
+    if position != num_frames:
+        raise CodeFileError(f"{where}: the videos' counts add up to {position}, num_frames is {num_frames}")
+    return columns, videos
+
+
 class PackedCodes:
     """Read-only view of a packed code file (``<prefix>.npy`` + ``<prefix>.json``).
 
@@ -553,7 +643,7 @@ class PackedCodes:
     """
 
     def __init__(self, prefix: str | os.PathLike, mmap: bool = True):
-        self.npy_path, self.json_path = _prefix_paths(prefix)
+        self.npy_path, self.json_path = packed_paths(prefix)
         for path in (self.npy_path, self.json_path):
             if not path.is_file():
                 raise CodeFileError(f"{path}: packed code file missing (write it with scripts/pack_deca_codes.py)")
@@ -561,24 +651,16 @@ class PackedCodes:
             index = json.loads(self.json_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CodeFileError(f"{self.json_path}: unreadable index ({exc})") from exc
-        if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
-            raise CodeFileError(f"{self.json_path}: format is {index.get('format') if isinstance(index, dict) else None!r}, "
-                                f"expected {PACK_FORMAT!r}")
         try:
             self.codes: np.ndarray = np.load(self.npy_path, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
             raise CodeFileError(f"{self.npy_path}: unreadable array ({exc})") from exc
+        if self.codes.ndim != 2 or self.codes.dtype != PACK_DTYPE:
+            raise CodeFileError(f"{self.npy_path}: array {self.codes.dtype} {tuple(self.codes.shape)}, "
+                                "expected a 2-D float32 table")
         self.index = index
-        self.columns: dict[str, tuple[int, int]] = {k: (int(a), int(b)) for k, (a, b) in index["columns"].items()}
-        self.videos: list[PackedVideo] = [PackedVideo(v["name"], int(v["start"]), int(v["count"]), tuple(v["frames"]))
-                                          for v in index["videos"]]
+        self.columns, self.videos = validate_packed_index(index, self.codes.shape, self.json_path)
         self._by_name = {v.name: v for v in self.videos}
-        expected = (int(index["num_frames"]), int(index["num_columns"]))
-        if self.codes.ndim != 2 or tuple(self.codes.shape) != expected or self.codes.dtype != PACK_DTYPE:
-            raise CodeFileError(f"{self.npy_path}: array {self.codes.dtype} {tuple(self.codes.shape)} does not match "
-                                f"its index {self.json_path} (float32 {expected})")
-        if sum(v.count for v in self.videos) != expected[0]:
-            raise CodeFileError(f"{self.json_path}: video counts do not add up to num_frames={expected[0]}")
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -617,9 +699,25 @@ class PackedCodes:
         except KeyError:
             raise KeyError(f"video {video!r} not in {self.json_path}") from None
 
-    def video(self, video: str | int) -> np.ndarray:
-        """``(count, C)`` rows of one video (by name or position)."""
-        return self.codes[self.video_info(video).rows]
+    def video(self, video: str | int, check_finite: bool = False,
+              limit: Optional[int] = None) -> np.ndarray:
+        """``(count, C)`` rows of one video (by name or position); only the first ``limit`` when set.
+
+        With ``check_finite`` a NaN/inf in those rows raises :class:`CodeFileError` naming the
+        file, the row, the video, the frame and the column.
+        """
+        info = self.video_info(video)
+        rows = self.codes[info.rows][:limit]
+        if check_finite:
+            bad = ~np.isfinite(rows)
+            if bad.any():
+                local, col = (int(v) for v in np.argwhere(bad)[0])
+                column = next((n for n, (a, b) in self.columns.items() if a <= col < b), "?")
+                raise CodeFileError(
+                    f"{self.npy_path}: row {info.start + local} (video {info.name!r}, frame "
+                    f"{info.frames[local]!r}) has NaN or inf in column {column!r}; "
+                    f"{int(bad.any(axis=1).sum())} of the {len(rows)} rows read are affected")
+        return rows
 
     def row_of(self, video: str | int, frame: str) -> int:
         """Global row index of ``frame`` (file stem) in ``video``."""

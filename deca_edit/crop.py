@@ -232,7 +232,8 @@ class SfdFaceDetector:
 
     def __init__(self, path=None, device: str | torch.device = "cpu", threshold: float = SFD_SCORE_THRESHOLD,
                  max_side: int = DETECT_MAX_SIDE):
-        weights = resolve_asset("face_detector", path)
+        # verified by our own safe load (weights_only) before face-alignment opens it
+        weights = resolve_asset("face_detector", path, verify=True)
         from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
         self._detector = SFDDetector(device=str(device), path_to_detector=str(weights), filter_threshold=threshold)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from infra.assets import resolve_asset
-from infra.checkpoint import load_torch_file, state_dict_problems, strip_wrapper_prefixes
+from infra.checkpoint import (UnsafeFileError, load_torch_file, state_dict_problems,
+                              strip_wrapper_prefixes)
 
 __all__ = [
     "INPUT_SIZE",
@@ -226,7 +227,7 @@ def load_encoder_state(model: nn.Module, state: Mapping[str, Any], source: str =
 
 
 def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu",
-                         with_detail: bool = False):
+                         with_detail: bool = False, trust_checkpoint: bool = False):
     """Build DECA encoder(s) from the official ``deca_model.tar``.
 
     Args:
@@ -235,6 +236,8 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
         device: where to put the encoders; the file is read with ``map_location`` so a CUDA-saved
             checkpoint loads on a CPU-only machine.
         with_detail: also build ``E_detail`` (outsize 128).
+        trust_checkpoint: the explicit opt-in to a full unpickle (only for files you created); by
+            default the file loads with ``weights_only`` (the official layout needs nothing more).
 
     Returns:
         ``E_flame`` as a :class:`DecaEncoder` in eval mode, or ``(E_flame, E_detail)`` when
@@ -242,6 +245,7 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
 
     Raises:
         infra.assets.AssetError: the file is missing (names ``deca_model.tar`` and where to get it).
+        infra.checkpoint.UnsafeFileError: the file needs pickle globals outside the allow-list.
         DecaCheckpointError: the file is not a DECA checkpoint or an entry does not match the
             encoder strictly (lists the missing / unexpected / mis-shaped keys).
     """
@@ -249,7 +253,13 @@ def load_deca_checkpoint(path: Optional[str | os.PathLike] = None, device: str |
 
     device = resolve_device(device)
     found = resolve_asset("deca_model", path)
-    checkpoint = load_torch_file(found, map_location=device)
+    try:
+        checkpoint = load_torch_file(found, map_location=device, trust_checkpoint=trust_checkpoint)
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader error means an unusable file
+        raise DecaCheckpointError(f"{found}: cannot be read as a torch checkpoint (truncated, corrupt "
+                                  f"or not deca_model.tar): {type(exc).__name__}: {str(exc)[:300]}") from exc
     wanted = [(FLAME_ENTRY, FLAME_PARAM_DIM)] + ([(DETAIL_ENTRY, DETAIL_DIM)] if with_detail else [])
     if not isinstance(checkpoint, Mapping):
         raise DecaCheckpointError(f"{found}: expected a dict with {[w for w, _ in wanted]}, got {type(checkpoint).__name__}")

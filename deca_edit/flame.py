@@ -278,11 +278,13 @@ class FLAME(nn.Module):
         n_exp: number of expression coefficients (<= 100).
         dtype: floating dtype of the buffers (float32 like DECA, or float64).
         check_finite: raise ``ValueError`` on NaN/inf inputs (one device sync per call).
+        trust_checkpoint: read both files with a full unpickle (only for files you created; by
+            default their pickles are read with an allow-list, see :mod:`infra.pickle_files`).
     """
 
     def __init__(self, model_path: PathLike, landmark_embedding_path: PathLike, n_shape: int = 100,
                  n_exp: int = 50, dtype: torch.dtype = torch.float32,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True, trust_checkpoint: bool = False) -> None:
         super().__init__()
         if not 0 < n_shape <= FLAME_SHAPE_SPACE_DIM:
             raise ValueError(f"n_shape must be in 1..{FLAME_SHAPE_SPACE_DIM}, got {n_shape}")
@@ -298,11 +300,11 @@ class FLAME(nn.Module):
         for what, file in (("FLAME model", model_file), ("landmark embedding", embedding_file)):
             if not file.is_file():
                 raise FileNotFoundError(f"{what} file not found: {file}")
-        model = load_flame_model(model_file)
+        model = load_flame_model(model_file, trust_checkpoint=trust_checkpoint)
         missing = [k for k in _MODEL_KEYS if k not in model]
         if missing:
             raise ValueError(f"{model_file}: FLAME model lacks keys {missing}")
-        emb = load_landmark_embedding(embedding_file)
+        emb = load_landmark_embedding(embedding_file, trust_checkpoint=trust_checkpoint)
 
         n_dirs = model["shapedirs"].shape[-1]
         if n_dirs < FLAME_SHAPE_SPACE_DIM + n_exp:

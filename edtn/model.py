@@ -22,7 +22,8 @@ from torch import nn
 from deca_edit.codes import edtn_input_from_code156  # re-exported for convenience
 from infra.assets import resolve_asset
 from infra.runtime import atomic_save, unwrap_model
-from infra.checkpoint import format_keys, state_dict_problems, strip_wrapper_prefixes
+from infra.checkpoint import (UnsafeFileError, format_keys, load_torch_file, state_dict_problems,
+                              strip_wrapper_prefixes)
 
 __all__ = [
     "EDTN",
@@ -108,20 +109,33 @@ def _load_state(model: EDTN, state: Mapping[str, torch.Tensor], source: str) -> 
     model.load_state_dict(state, strict=True)
 
 
+def _read(path: Union[str, os.PathLike], trust_checkpoint: bool) -> Any:
+    """:func:`infra.checkpoint.load_torch_file` on CPU; an unreadable file -> ``ValueError``."""
+    try:
+        return load_torch_file(path, map_location="cpu", trust_checkpoint=trust_checkpoint)
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader error means an unusable file
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt or not "
+                         f"an EDTN file): {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
 def load_edtn(path: Union[str, os.PathLike, None] = None,
-              device: Union[str, torch.device] = "cpu") -> EDTN:
+              device: Union[str, torch.device] = "cpu", trust_checkpoint: bool = False) -> EDTN:
     """Build an :class:`EDTN` and load weights (strict key check), in eval mode.
 
     Args:
         path: ``EDTN.pt`` or one of our training checkpoints; ``None`` looks up the
             ``edtn_weights`` asset in the cache (``infra.assets.resolve_asset``).
         device: where the model lives.
+        trust_checkpoint: the explicit opt-in to a full unpickle (only for files you created).
     Raises:
-        AssetError: the file does not exist. ValueError: a key is missing / unexpected / has the
+        AssetError: the file does not exist. UnsafeFileError: the file needs pickle globals outside
+        the allow-list. ValueError: unreadable file, or a key is missing / unexpected / has the
         wrong shape (the message names the file and the keys).
     """
     file = resolve_asset("edtn_weights", path)
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    checkpoint = _read(file, trust_checkpoint)
     model = EDTN()
     _load_state(model, checkpoint_filter_fn(checkpoint), str(file))
     return model.to(device).eval()
@@ -142,7 +156,7 @@ def export_edtn(checkpoint_or_model: Union[nn.Module, Mapping[str, Any], str, os
         state = unwrap_model(checkpoint_or_model).state_dict()
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
         source = str(checkpoint_or_model)
-        state = torch.load(checkpoint_or_model, map_location="cpu", weights_only=True)
+        state = _read(checkpoint_or_model, trust_checkpoint=False)
     else:
         state = checkpoint_or_model
     state = checkpoint_filter_fn(state)

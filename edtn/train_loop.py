@@ -29,10 +29,12 @@ from infra.distributed import DistInfo, cleanup_distributed, init_distributed
 from edtn.losses import GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
-from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
-                           discard_unused_run_dir, find_resume_checkpoint, log_to_run_dir,
-                           resolve_device, resolve_run_dir, restore_rng_state, seed_everything,
-                           unwrap_model)
+from infra.checkpoint import load_torch_file
+from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_path, atomic_save,
+                           capture_rng_state,
+                           clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
+                           log_to_run_dir, resolve_device, resolve_run_dir, restore_rng_state,
+                           run_dir_lock, seed_everything, unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
@@ -58,9 +60,13 @@ def run(cfg: Any) -> dict:
     device = resolve_device(cfg.device)
     dist, device = init_distributed(device)
     try:
-        return _train(cfg, dist, device)
+        # one training process per run dir (rank 0 holds the lock; a second run fails fast)
+        with run_dir_lock(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), dist.is_main):
+            return _train(cfg, dist, device)
+    except OutputBusyError:  # another run holds the run dir: leave it alone
+        raise
     except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
-        if dist.is_main:
+        if dist.is_main:  # failed before training wrote anything: leave no empty run dir behind
             discard_unused_run_dir(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR))
         raise
     except Exception:
@@ -138,17 +144,18 @@ def _train(cfg: DictConfig, dist: DistInfo, device: torch.device) -> dict:
     # ---------------------------------------------------------------- model and optimiser
     model = EDTN().to(device)
     if cfg.model.init:
-        state = torch.load(resolve_asset("edtn_weights", cfg.model.init), map_location="cpu",
-                           weights_only=True)
+        state = load_torch_file(resolve_asset("edtn_weights", cfg.model.init), map_location="cpu")
         model.load_state_dict(checkpoint_filter_fn(state), strict=True)
     optimizer = make_optimizer(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                impl=cfg.optim.impl, weight_decay=cfg.optim.weight_decay)
 
     # ---------------------------------------------------------------- resume
     epoch, batch_in_epoch, step, best_val = 0, 0, 0, math.inf
-    resume_path = find_resume_checkpoint(cfg.resume, ckpt_dir, LAST_NAME)
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
+    if main:
+        clean_stale_temps(ckpt_dir, all_in_folder=True)  # left by a killed save; no writer is live
+    resumed = load_resume_checkpoint(cfg.resume, ckpt_dir, load_checkpoint, LAST_NAME)
+    if resumed is not None:
+        resume_path, ckpt = resumed
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optim"])
         epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
@@ -291,8 +298,9 @@ def evaluate(model: torch.nn.Module, loader, loss_fn: GeometryLoss, device: torc
 # ============================================================================= checkpoints
 def save_checkpoint(path: Path, model, optimizer, loader, cfg: DictConfig, *, epoch: int,
                     batch_in_epoch: int, step: int, best_val: float) -> Path:
-    """Write a training checkpoint atomically. Everything in it loads with
-    ``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers."""
+    """Write a training checkpoint atomically, with a ``.sha256`` sidecar (verified on resume).
+    Everything in it loads with ``torch.load(weights_only=True)``: tensors, numbers, strings and
+    plain containers."""
     return atomic_save({
         "format": CHECKPOINT_FORMAT,
         "model": unwrap_model(model).state_dict(),
@@ -304,16 +312,28 @@ def save_checkpoint(path: Path, model, optimizer, loader, cfg: DictConfig, *, ep
         "rng": capture_rng_state(),
         "loader_generator": loader.generator.get_state(),
         "config": to_plain_dict(cfg),
-    }, path)
+    }, path, checksum=True)
+
+
+_CHECKPOINT_KEYS = ("model", "optim", "epoch", "batch_in_epoch", "step", "best_val", "rng",
+                    "loader_generator")
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load one of our training checkpoints (CPU tensors) and check its format."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Load one of our training checkpoints (CPU tensors, ``weights_only``) and check its format.
+
+    Raises:
+        UnsafeFileError: the file needs pickle globals ours never contain (refused, no code runs).
+        ValueError: not an EDTN training checkpoint, or an entry is missing.
+    """
+    ckpt = load_torch_file(path, map_location="cpu")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an EDTN training checkpoint (format "
                          f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}); to start from weights only use model.init=")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: EDTN training checkpoint without {missing}")
     return ckpt
 
 

@@ -1,8 +1,32 @@
 """Checkpoint reading and key handling shared by every loader (EDTN, DECA encoder, anime generator).
 
-:func:`load_torch_file` reads a checkpoint safely (``weights_only``) and falls back, with a warning,
-for the authors' files that pickle config objects next to the weights. Two small pure functions,
-in the spirit of timm's ``clean_state_dict`` and strict loading, then check the keys:
+:func:`load_torch_file` is the one way a torch file is read. It always uses
+``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers, nothing that can
+run code. A file that needs anything else is refused with :class:`UnsafeFileError`, whose message
+names the file, the offending pickle globals and the opt-in. Only with the explicit opt-in
+(``trust_checkpoint=True``; ``trust_checkpoint=true`` in configs, ``--trust-checkpoint`` in
+scripts) is a file unpickled fully, with a logged warning: that can run any code inside the file,
+so it is meant only for files the user created.
+
+Which globals the official layouts need (found by scanning the pickles and loading files built in
+each layout; ``tests/test_trust.py`` keeps checking it):
+
+* the authors' Lightning ``.ckpt`` (pytorch-lightning 1.5.8, torch 1.9; layout in the kit's
+  ``generator/README.md`` §6: ``epoch``, ``global_step``, ``pytorch-lightning_version``,
+  ``state_dict``, ``callbacks`` keyed by a string ``state_key``, ``optimizer_states`` (Adam),
+  ``lr_schedulers`` (StepLR); no ``hyper_parameters``): only ``collections.OrderedDict``,
+  ``torch._utils._rebuild_tensor_v2`` and the ``torch.*Storage`` types, all in torch's default
+  allow-list;
+* DECA's ``deca_model.tar`` (``E_flame``/``E_detail``/``D_detail`` state dicts, optionally an
+  optimiser state and counters): the same;
+* ``EDTN.pt`` and our own checkpoints: the same (RNG states are stored as tensors and tuples).
+
+One extra global is allowed, inside a scoped :func:`torch.serialization.safe_globals` (never
+registered process-wide): ``argparse.Namespace``, which trainers built on argparse pickle as their
+hyper-parameters. Rebuilding it only sets attributes; it runs no code.
+
+Two small pure functions, in the spirit of timm's ``clean_state_dict`` and strict loading, then
+check the keys:
 
 * :func:`strip_wrapper_prefixes` removes the ``module.`` (DistributedDataParallel) and
   ``_orig_mod.`` (``torch.compile``) prefixes a saved state dict may carry;
@@ -12,37 +36,90 @@ in the spirit of timm's ``clean_state_dict`` and strict loading, then check the 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["WRAPPER_PREFIXES", "load_torch_file", "strip_wrapper_prefixes", "format_keys",
+__all__ = ["WRAPPER_PREFIXES", "TRUST_OPT_IN", "EXTRA_SAFE_GLOBALS", "UnsafeFileError",
+           "load_torch_file", "unsafe_globals", "strip_wrapper_prefixes", "format_keys",
            "state_dict_problems"]
 
 _logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_KEYS_LISTED = 12
+TRUST_OPT_IN = "trust_checkpoint=true (infer.py) or --trust-checkpoint (scripts)"
+# Harmless globals beyond torch's default allow-list, used only inside a scoped safe_globals.
+EXTRA_SAFE_GLOBALS: tuple = (argparse.Namespace,)
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, map_location)`` with ``weights_only=True``.
+class UnsafeFileError(ValueError):
+    """A model file needs pickle globals outside the allow-list (it could run code), and the
+    user did not opt in to trusting it. ``path`` and ``globals`` say which file and which names."""
 
-    Trainer checkpoints (DECA's tar, Lightning ``.ckpt``) may pickle argparse Namespaces or
-    hyper-parameter dicts next to the weights, which the safe loader refuses
-    (``pickle.UnpicklingError``). Such a file is then loaded fully, with a logged warning: only
-    files the user pointed us to get here, but unpickling can run code. Other errors (a missing,
-    truncated or foreign file) propagate unchanged.
+    def __init__(self, path: str | os.PathLike, names: Sequence[str], what: str = "file"):
+        self.path = str(path)
+        self.globals = list(names)
+        shown = (", ".join(self.globals) if self.globals
+                 else "an unsupported pickle construct (or the file is corrupt)")
+        super().__init__(
+            f"{path}: refused to load this {what}: it references {shown}, which a plain "
+            "weights/arrays file never needs; loading it could run code hidden in the file. If "
+            f"you created this file yourself and trust it, pass {TRUST_OPT_IN} (a full unpickle, "
+            "only for files you created).")
+
+
+def unsafe_globals(path: str | os.PathLike) -> list[str]:
+    """Pickle globals of a torch (zip) file that ``weights_only`` would refuse, without loading it.
+
+    Returns an empty list for legacy (non-zip) files, which torch cannot scan.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        _logger.warning("%s holds pickled non-tensor objects; loading it with weights_only=False "
-                        "(only do this for files you trust)", path)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError, AttributeError):
+        return []
+    extra = {f"{g.__module__}.{g.__qualname__}" for g in EXTRA_SAFE_GLOBALS}
+    return [n for n in names if n not in extra]
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu",
+                    trust_checkpoint: bool = False) -> Any:
+    """``torch.load(path, map_location, weights_only=True)``, the one torch-file reader.
+
+    Args:
+        path: the file.
+        map_location: as for :func:`torch.load` (always pass one: no surprise GPU tensors).
+        trust_checkpoint: the explicit opt-in to a full unpickle (can run code; only for files the
+            user created). Logged as a warning.
+    Raises:
+        UnsafeFileError: the file needs globals outside the allow-list and ``trust_checkpoint`` is
+            off; the message names the file, the globals and the opt-in.
+        Other errors of :func:`torch.load` (missing, truncated, foreign file) propagate unchanged.
+    """
+    if trust_checkpoint:
+        _logger.warning("%s: loading with a full unpickle (trust_checkpoint is set): this runs any "
+                        "code inside the file; only do this for files you created", path)
         return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        if "Weights only load failed" not in message:  # a corrupt file, not a refused one
+            raise
+        names = unsafe_globals(path) or sorted(set(_GLOBAL_IN_MESSAGE.findall(message)))
+        raise UnsafeFileError(path, names, "torch file") from None
+    except RuntimeError as exc:
+        if "legacy .tar format" in str(exc):  # torch cannot check such files safely
+            raise UnsafeFileError(path, ["(legacy .tar serialization, cannot be checked)"],
+                                  "torch file") from None
+        raise
 
 
 def strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:

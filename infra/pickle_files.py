@@ -1,17 +1,30 @@
-"""Readers for the two pickled asset formats of the FLAME head model (imports nothing of ours).
+"""Readers for the two pickled asset formats of the FLAME head model (only :mod:`infra` imports).
 
 * ``generic_model.pkl`` (FLAME 2020): a Python-2 pickle whose ``shapedirs`` is a chumpy ``Ch``.
   chumpy does not install on current Python / NumPy, so :func:`load_flame_model` reads the file
   without it: chumpy objects become plain float64 arrays taken from their pickled state key ``x``.
 * ``landmark_embedding.npy`` (DECA): a dict saved by ``np.save``; some entries are torch tensors.
 
+Neither file is unpickled with the stock unpickler: a pickle can call any importable function
+(``posix.system``...). Each reader resolves only the globals of an explicit allow-list
+(:data:`FLAME_GLOBALS`, :data:`EMBEDDING_GLOBALS`: NumPy array and dtype reconstruction, SciPy
+sparse matrices, chumpy classes mapped to an inert stand-in, and for the embedding the torch
+tensor rebuild with its storage read by ``torch.load(weights_only=True)``). Anything else is
+refused with :class:`infra.checkpoint.UnsafeFileError` naming the file and the global, unless the
+caller passes the explicit opt-in ``trust_checkpoint=True`` (only for files the user created).
+
 They live in the base package because the asset check (:mod:`infra.assets`) opens both files and
 the FLAME layer (:mod:`deca_edit.flame`) loads them; neither may import the other.
 """
 from __future__ import annotations
 
+import codecs
+import collections
+import io
+import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -19,7 +32,13 @@ import numpy as np
 import scipy.sparse
 import torch
 
-__all__ = ["load_flame_model", "load_landmark_embedding", "EMBEDDING_KEYS"]
+from infra.checkpoint import UnsafeFileError
+
+__all__ = ["load_flame_model", "load_landmark_embedding", "EMBEDDING_KEYS", "FLAME_GLOBALS",
+           "EMBEDDING_GLOBALS"]
+
+_logger = logging.getLogger(__name__)
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,21 +59,115 @@ class _ChumpyStandIn:
         self._state = state
 
 
-class _FlameUnpickler(pickle.Unpickler):
-    """Unpickler for the Python-2 FLAME file that needs neither chumpy nor deprecated paths.
+def _numpy_core(name: str) -> Any:
+    """``numpy.core.multiarray.<name>`` under its NumPy >= 2 home ``numpy._core`` when present."""
+    core = getattr(np, "_core", None) or np.core
+    return getattr(core.multiarray, name)
 
-    * ``chumpy.*`` -> :class:`_ChumpyStandIn` (its array is taken from state key ``'x'`` later);
-    * ``scipy.sparse.csc.csc_matrix`` (deprecated module, warns under SciPy 1.17) ->
-      ``scipy.sparse.csc_matrix``;
-    * ``numpy.core.*`` -> ``numpy._core.*`` where that exists (NumPy >= 2 renamed the package).
+
+def _storage_from_bytes(data: bytes) -> Any:
+    """Safe stand-in for ``torch.storage._load_from_bytes`` (which unpickles with
+    ``weights_only=False``): the embedded torch blob holds one storage, read with ``weights_only``."""
+    try:
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the embedded blob itself references other globals
+        names = sorted(set(_GLOBAL_IN_MESSAGE.findall(str(exc)))) or ["an unsupported construct"]
+        raise _EmbeddedRefusal(names) from None
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise pickle.UnpicklingError(f"embedded torch blob holds a {type(storage).__name__}, "
+                                     "expected a storage")
+    return storage
+
+
+class _EmbeddedRefusal(Exception):
+    """A torch blob inside the pickle was refused by ``weights_only`` (names: its globals)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any = False,
+                    backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor_v2`` without hooks or metadata (a landmark table needs none)."""
+    if not isinstance(storage, torch.TypedStorage):
+        raise pickle.UnpicklingError(f"tensor rebuilt from a {type(storage).__name__}, expected a storage")
+    return torch._utils._rebuild_tensor(storage, int(offset), tuple(size), tuple(stride))
+
+
+# Globals the official files reference (checked with pickletools on the kit's files), each mapped
+# to what rebuilds it here. Anything else is refused (see _RestrictedUnpickler).
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_core("_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_core("_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): lambda: _numpy_core("scalar"),
+    ("numpy._core.multiarray", "scalar"): lambda: _numpy_core("scalar"),
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+}
+_SPARSE_CLASSES = ("csc_matrix", "csr_matrix", "coo_matrix")
+FLAME_GLOBALS = {
+    **_NUMPY_GLOBALS,
+    ("__builtin__", "set"): lambda: set,         # chumpy's _dirty_vars (Python-2 name)
+    ("builtins", "set"): lambda: set,
+    **{(module, name): (lambda name=name: getattr(scipy.sparse, name))
+       for module in ("scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse.csr",
+                      "scipy.sparse._csr", "scipy.sparse.coo", "scipy.sparse._coo", "scipy.sparse")
+       for name in _SPARSE_CLASSES},
+}
+EMBEDDING_GLOBALS = {
+    **_NUMPY_GLOBALS,
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor,
+    ("torch.storage", "_load_from_bytes"): lambda: _storage_from_bytes,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of an allow-list; anything else raises
+    :class:`~infra.checkpoint.UnsafeFileError` naming the file and the global, unless ``trust`` is
+    set (then it is resolved normally, with a logged warning).
+
+    Args:
+        handle: binary file positioned at the pickle.
+        path: the file (for messages).
+        allowed: ``{(module, name): factory}``; the factory returns the object to use.
+        what: what the file is (for messages).
+        chumpy: map every ``chumpy.*`` class to an inert stand-in (FLAME pickles).
+        trust: the explicit opt-in to resolve any global.
     """
 
+    def __init__(self, handle, path: Path, allowed: dict, what: str, chumpy: bool = False,
+                 trust: bool = False):
+        super().__init__(handle, encoding="latin1")
+        self._path, self._allowed, self._what = path, allowed, what
+        self._chumpy, self._trust = chumpy, trust
+
+    def load(self) -> Any:
+        """Unpickle; a corrupt or truncated pickle raises ``ValueError`` naming the file."""
+        try:
+            return super().load()
+        except UnsafeFileError:
+            raise
+        except _EmbeddedRefusal as exc:
+            raise UnsafeFileError(self._path, [f"{n} (inside an embedded torch blob)" for n in exc.names],
+                                  self._what) from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self._path}: cannot be read as a {self._what} (truncated or not "
+                             f"this kind of file): {type(exc).__name__}: {exc}") from exc
+
     def find_class(self, module: str, name: str) -> Any:
-        if module == "chumpy" or module.startswith("chumpy."):
+        if self._chumpy and (module == "chumpy" or module.startswith("chumpy.")):
             return _ChumpyStandIn
-        if module.startswith("scipy.sparse"):
-            if hasattr(scipy.sparse, name):
-                return getattr(scipy.sparse, name)
+        factory = self._allowed.get((module, name))
+        if factory is not None:
+            return factory()
+        if not self._trust:
+            raise UnsafeFileError(self._path, [f"{module}.{name}"], self._what)
+        _logger.warning("%s: resolving pickle global %s.%s (trust_checkpoint is set)",
+                        self._path, module, name)
         if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core"):]
         return super().find_class(module, name)
@@ -80,11 +193,13 @@ def _unwrap_chumpy(value: Any, where: str, path: Path) -> Any:
     return value
 
 
-def load_flame_model(path: PathLike) -> dict[str, Any]:
-    """Read a FLAME ``generic_model.pkl`` (Python-2 pickle) without chumpy.
+def load_flame_model(path: PathLike, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Read a FLAME ``generic_model.pkl`` (Python-2 pickle) without chumpy, with an allow-list.
 
     Args:
         path: the pickle file.
+        trust_checkpoint: resolve globals outside :data:`FLAME_GLOBALS` too (a full unpickle; can
+            run code; only for files the user created).
 
     Returns:
         The file's dict. Chumpy arrays (``shapedirs`` in FLAME 2020) come back as float64
@@ -92,21 +207,44 @@ def load_flame_model(path: PathLike) -> dict[str, Any]:
         ``scipy.sparse.csc_matrix``; ``bs_style``/``bs_type`` are ``str``.
 
     Raises:
+        UnsafeFileError: the pickle references a global outside the allow-list.
         ValueError: the file is not a dict, or a chumpy object carries no ``'x'`` array.
     """
     path = Path(path)
     with open(path, "rb") as handle:
-        data = _FlameUnpickler(handle, encoding="latin1").load()
+        data = _RestrictedUnpickler(handle, path, FLAME_GLOBALS, "FLAME model pickle", chumpy=True,
+                                    trust=trust_checkpoint).load()
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a pickled dict (FLAME model), "
                          f"got {type(data).__name__}")
     return _unwrap_chumpy(data, "", path)
 
 
-def load_landmark_embedding(path: PathLike) -> dict[str, np.ndarray]:
+def _read_npy_object(path: Path, trust: bool) -> Any:
+    """The object stored in a ``.npy`` file: a plain array is read with ``allow_pickle=False``; an
+    object array (a pickle after the header) with the allow-list :data:`EMBEDDING_GLOBALS`."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            _, _, dtype = read_header(handle)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a .npy file ({exc})") from exc
+        if not dtype.hasobject:
+            return np.load(path, allow_pickle=False)
+        return _RestrictedUnpickler(handle, path, EMBEDDING_GLOBALS, "landmark embedding",
+                                    trust=trust).load()
+
+
+def load_landmark_embedding(path: PathLike, trust_checkpoint: bool = False) -> dict[str, np.ndarray]:
     """Read DECA's ``landmark_embedding.npy`` (a pickled dict; some entries are torch tensors).
 
-    The file is a trusted pickle (it needs ``allow_pickle``, and torch to rebuild its tensors).
+    The pickle is read with an allow-list (NumPy arrays, ``OrderedDict``, torch tensors whose
+    storage is read with ``weights_only``); ``trust_checkpoint`` is the explicit opt-in to a full
+    unpickle (only for files the user created).
 
     Returns:
         dict of numpy arrays: ``static_lmk_faces_idx`` (51,), ``static_lmk_bary_coords`` (51,3),
@@ -114,10 +252,11 @@ def load_landmark_embedding(path: PathLike) -> dict[str, np.ndarray]:
         ``full_lmk_faces_idx`` (68,), ``full_lmk_bary_coords`` (68,3).
 
     Raises:
-        ValueError: a key is missing or has an unexpected shape.
+        UnsafeFileError: the pickle references a global outside the allow-list.
+        ValueError: not a .npy dict, or a key is missing or has an unexpected shape.
     """
     path = Path(path)
-    raw = np.load(path, allow_pickle=True, encoding="latin1")
+    raw = _read_npy_object(path, trust_checkpoint)
     raw = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object else raw
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a pickled dict (landmark embedding)")

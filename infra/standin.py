@@ -8,9 +8,10 @@ marked twice:
 * a key inside: :data:`STANDIN_KEY` in the file's top-level dict (FLAME pickle, DECA tar,
   generator ``.ckpt``, EDTN checkpoint, VGG19 state dict) holding a one-line description
   (``.npy`` arrays cannot carry one);
-* a note file :data:`STANDIN_NOTE` in the folder: JSON with a warning line and, per file, its
-  size, sha256, what it is and whether it is a stand-in (a real file copied into the kit, e.g. a
-  given ``EDTN.pt`` or DECA's public landmark embedding, is listed with ``standin: false``).
+* a note file :data:`STANDIN_NOTE` in the folder (written by :mod:`reenact.standin`): JSON with a
+  warning line and, per file, its size, sha256, what it is and whether it is a stand-in (a real
+  file copied into the kit, e.g. a given ``EDTN.pt`` or DECA's public landmark embedding, is
+  listed with ``standin: false``).
 
 :func:`standin_entry` answers "is this path a stand-in?" from the note (name and size; cheap
 enough for every run), :func:`has_standin_key` from a loaded object. Programs print
@@ -31,7 +32,6 @@ __all__ = [
     "NOTE_FORMAT",
     "has_standin_key",
     "read_note",
-    "write_note",
     "standin_entry",
     "standin_paths",
     "is_standin_file",
@@ -60,24 +60,6 @@ def read_note(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
         return {}
     files = data.get("files") if isinstance(data, dict) and data.get("format") == NOTE_FORMAT else None
     return files if isinstance(files, dict) else {}
-
-
-def write_note(folder: str | os.PathLike, files: Mapping[str, Mapping[str, Any]], made_by: str) -> Path:
-    """Write ``folder/STANDIN`` (sorted keys, no time stamps: the bytes depend on ``files`` only)."""
-    from infra.runtime import atomic_path
-
-    note = Path(folder) / STANDIN_NOTE
-    body = {
-        "format": NOTE_FORMAT,
-        "warning": (f"{STANDIN_WARNING}. The files marked standin=true in this folder are NOT the "
-                    "FLAME / DECA / EDTN / generator / VGG19 weights: they have the official formats "
-                    "and deterministic filler numbers, so the programs run end to end."),
-        "made_by": made_by,
-        "files": {name: dict(entry) for name, entry in sorted(files.items())},
-    }
-    with atomic_path(note) as tmp:
-        Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return note
 
 
 def standin_entry(path: str | os.PathLike) -> Optional[dict[str, Any]]:

@@ -95,6 +95,8 @@ class InferConfig:
     pose_npy: Optional[str] = None
     pose_plot: Optional[str] = None
     grid_out: Optional[str] = None
+    overwrite: bool = False
+    strict_frames: bool = False
     # models
     generator: GeneratorStyle = GeneratorStyle.default
     generator_path: Optional[str] = None
@@ -103,6 +105,7 @@ class InferConfig:
     deca_path: Optional[str] = None
     flame_path: Optional[str] = None
     landmark_embedding_path: Optional[str] = None
+    trust_checkpoint: bool = False
     # face detection / cropping
     aligned: bool = False
     detector: str = "auto"

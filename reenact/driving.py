@@ -110,8 +110,8 @@ def _read_packed(path: Path, video: Any, max_frames: Optional[int]) -> DrivingCo
     except (KeyError, IndexError):
         raise ValueError(f"driving_video={video!r} is not in {path} "
                          f"(videos: {', '.join(packed.video_names[:5])}...)") from None
-    rows = np.asarray(packed.video(info.name), dtype=np.float32)
-    rows = rows[:max_frames] if max_frames else rows
+    rows = np.asarray(packed.video(info.name, check_finite=True, limit=max_frames or None),
+                      dtype=np.float32)
     cam = None
     if "cam" in packed.columns:
         a, b = packed.columns["cam"]

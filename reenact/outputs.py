@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from infra.runtime import atomic_path
+from infra.runtime import atomic_path, write_output_marker
 from reenact.pose import pose_table
 from reenact.render import compose_grid
 from reenact.video_io import output_kind
@@ -56,11 +56,13 @@ def write_pose_files(poses: torch.Tensor | np.ndarray, csv: Optional[Path], npy:
     if csv is not None:
         with atomic_path(csv) as tmp:
             pose_table(poses).to_csv(tmp, index=False, float_format="%.9g")
+        write_output_marker(csv)   # ours: a later run may replace it without overwrite=true
     if npy is not None:
         array = poses.numpy() if isinstance(poses, torch.Tensor) else np.asarray(poses)
         with atomic_path(npy) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, array.astype(np.float32))
+        write_output_marker(npy)
 
 
 class GridFrames:

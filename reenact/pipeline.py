@@ -4,13 +4,20 @@
                   ──► morph mapping (EDTN: exp 50 ⊕ jaw 3 → 17 morphs)
                   ──► pose post-processing (reenact.pose: angle mode, relative, mouth gain, smoothing)
                   ──► anime generator (source image + pose → frame)   (skipped with render=none)
-                  ──► writer (.mp4 / .gif / image / PNG folder) + pose export (CSV / NPY)
+                  ──► writer (.mp4 / .gif / image / PNG folder; grid_out: the grid video too)
+                      + pose export (CSV / NPY) + pose curves (pose_plot)
 
 The jobs are split by module: :mod:`reenact.config` validates the options (a typed
 :class:`~reenact.config.InferConfig`), :mod:`reenact.stages` holds the stages (each also usable
 frame by frame), :mod:`reenact.driving` reads the driving input, :mod:`reenact.outputs` writes.
 This module only orders them: everything that can fail on the user's input (options, paths,
-assets, the output's frame count) is checked before the first frame is encoded.
+assets, model files, the output's frame count) is checked before the first frame is encoded.
+
+Outputs never destroy inputs: an output that is an input (or inside one) is refused
+(:func:`infra.runtime.check_outputs_distinct`), an existing file this program did not write is only
+replaced with ``overwrite=true``, and while a run writes, each output's advisory lock is held, so a
+second run on the same output stops at once. Model files load with allow-lists only, unless
+``trust_checkpoint=true``.
 
 Frames where no face is found take the previous frame's code (frames before the first face take
 the first face's); they are reported once, in the summary. No face at all is an error.
@@ -27,6 +34,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from infra.runtime import (check_input_path, check_outputs_distinct, check_replaceable, output_lock,
+                           write_output_marker)
 from infra.standin import warn_if_standin
 from reenact.config import InferConfig, Layout, RenderMode, pose_options, validate_infer_config
 from reenact.driving import CODE156_GLOBAL, DrivingCodes, driving_kind, hold_missing, read_code_input
@@ -37,7 +46,7 @@ from reenact.pose import build_pose_sequence, raw_pose_sequence
 from reenact.progress import ProgressCallback, StageProgress
 from reenact.stages import (AnimeRenderer, FaceEncoder, MeshPainter, MorphMapper, StageAssets,
                             resolve_stage_assets)
-from reenact.video_io import FrameWriter, check_output_path, open_driving
+from reenact.video_io import DrivingSource, FrameWriter, check_output_path, open_driving
 
 __all__ = ["InferenceResult", "ReenactmentPipeline", "run"]
 
@@ -106,28 +115,66 @@ class ReenactmentPipeline:
         self.pose_npy = check_pose_path(cfg.pose_npy, ".npy", "pose_npy")
         self.pose_plot = check_plot_path(cfg.pose_plot, "pose_plot")
         self.kind = driving_kind(self.driving)
-        self.source = Path(cfg.source).expanduser() if self.render else None
-        if self.source is not None and not self.source.is_file():
-            raise FileNotFoundError(f"source image not found: {self.source}")
+        if self.kind != "packed":   # a named pipe would block the reader forever
+            check_input_path(self.driving, "driving input")
+        self.source = check_input_path(cfg.source, "source image") if self.render else None
+        if self.source is not None and self.source.is_dir():
+            raise ValueError(f"source image {self.source} is a folder; give one image file")
         self.assets: StageAssets = resolve_stage_assets(cfg, encode_frames=self.kind == "frames",
                                                         show_mesh=self.show_mesh)
         warn_if_standin(vars(self.assets).values())
+        self._check_outputs()
+        # the driving input: opened (videos probed, codes read) and its length checked, cheaply
+        self._frames: Optional[DrivingSource] = None
+        self._codes: Optional[DrivingCodes] = None
+        if self.kind == "frames":
+            self._frames = open_driving(self.driving, cfg.max_frames, cfg.strict_frames)
+            count = len(self._frames)
+        else:
+            self._codes = read_code_input(self.driving, self.kind, cfg.driving_video, cfg.max_frames)
+            count = len(self._codes.code156)
+        check_frame_count(self.out, count)
+        check_frame_count(self.grid_out, count)
+        if self._codes is not None and self.show_mesh and self._codes.cam is None:
+            raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
+
+    def _outputs(self) -> dict[str, Path]:
+        """``{config key: path}`` of every file this run writes."""
+        return {k: v for k, v in (("out", self.out), ("grid_out", self.grid_out), ("pose_csv", self.pose_csv),
+                                  ("pose_npy", self.pose_npy), ("pose_plot", self.pose_plot)) if v is not None}
+
+    def _check_outputs(self) -> None:
+        """No output is an input; an existing output is ours or ``overwrite`` is set."""
+        from deca_edit.codes import packed_paths
+
+        driving = (dict(zip(("driving", "driving (index)"), packed_paths(self.driving)))
+                   if self.kind == "packed" else {"driving": self.driving})
+        assets = {f"{name} file": path for name, path in vars(self.assets).items()}
+        check_outputs_distinct(self._outputs(), {**driving, "source": self.source, **assets})
+        for key, path in self._outputs().items():
+            check_replaceable(path, self.cfg.overwrite, key)
+
+    def _load_stages(self) -> "_Stages":
+        """Every model file is read (and checked) before any work is done or any file written."""
+        cfg, trust = self.cfg, self.cfg.trust_checkpoint
+        return _Stages(
+            encoder=(FaceEncoder(self.assets.deca, detector=cfg.detector, aligned=cfg.aligned,
+                                 device=cfg.device, batch_size=cfg.batch_size, trust_checkpoint=trust)
+                     if self.kind == "frames" else None),
+            mapper=MorphMapper(self.assets.edtn, device=cfg.device, trust_checkpoint=trust),
+            renderer=(AnimeRenderer(self.assets.generator, self.source, style=cfg.generator.value,
+                                    use_ema=cfg.use_ema, source_composite=cfg.source_composite.value,
+                                    device=cfg.device, trust_checkpoint=trust)
+                      if self.render else None),
+            painter=(MeshPainter(self.assets.flame, self.assets.landmark_embedding, cfg.device, trust)
+                     if self.show_mesh else None),
+        )
 
     # ------------------------------------------------------------------ stage 1: DECA codes
-    def _driving_codes(self) -> DrivingCodes:
-        cfg = self.cfg
-        if self.kind != "frames":
-            codes = read_code_input(self.driving, self.kind, cfg.driving_video, cfg.max_frames)
-            check_frame_count(self.out, len(codes.code156))
-            check_frame_count(self.grid_out, len(codes.code156))
-            if self.show_mesh and codes.cam is None:
-                raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
-            return codes
-        frames = open_driving(self.driving, cfg.max_frames)
-        check_frame_count(self.out, len(frames))
-        check_frame_count(self.grid_out, len(frames))
-        encoder = FaceEncoder(self.assets.deca, detector=cfg.detector, aligned=cfg.aligned,
-                              device=cfg.device, batch_size=cfg.batch_size)
+    def _driving_codes(self, encoder: Optional[FaceEncoder]) -> DrivingCodes:
+        if self._codes is not None:
+            return self._codes
+        frames = self._frames
         named = ((frames.names[i], frame) for i, frame in frames)
         with self.progress.stage("detect+encode", len(frames)) as advance:
             faces = encoder.encode(named, len(frames), on_frames=advance)
@@ -140,21 +187,17 @@ class ReenactmentPipeline:
                             frames.fps, frames)
 
     # ------------------------------------------------------------------ stage 3: generator
-    def _render(self, codes: DrivingCodes, poses: torch.Tensor, morphs: torch.Tensor, fps: float) -> None:
-        cfg = self.cfg
-        renderer = AnimeRenderer(self.assets.generator, self.source, style=cfg.generator.value,
-                                 use_ema=cfg.use_ema, source_composite=cfg.source_composite.value,
-                                 device=cfg.device)
-        painter = (MeshPainter(self.assets.flame, self.assets.landmark_embedding, cfg.device)
-                   if self.show_mesh else None)
+    def _render(self, stages: "_Stages", codes: DrivingCodes, poses: torch.Tensor,
+                morphs: torch.Tensor, fps: float) -> None:
+        cfg, renderer, painter = self.cfg, stages.renderer, stages.painter
         grid = None
         if self.grid or self.grid_out is not None:
             pictures = (frame for _, frame in codes.frames) if codes.frames is not None else None
             grid = GridFrames(pictures, poses, morphs, cfg.show_morphs)
         n = len(poses)
         with ExitStack() as stack:
-            writer = stack.enter_context(FrameWriter(self.out, fps))
-            grid_writer = (stack.enter_context(FrameWriter(self.grid_out, fps))
+            writer = stack.enter_context(FrameWriter(self.out, fps, overwrite=cfg.overwrite))
+            grid_writer = (stack.enter_context(FrameWriter(self.grid_out, fps, overwrite=cfg.overwrite))
                            if self.grid_out is not None else None)
             advance = stack.enter_context(self.progress.stage("generate", n))
             for start in range(0, n, cfg.batch_size):
@@ -172,17 +215,23 @@ class ReenactmentPipeline:
 
     # ------------------------------------------------------------------ run
     def __call__(self) -> InferenceResult:
+        with ExitStack() as locks:  # one writer per output: a concurrent run fails fast
+            for key, path in self._outputs().items():
+                locks.enter_context(output_lock(path, key))
+            t_start = time.perf_counter()
+            return self._run(self._load_stages(), t_start)
+
+    def _run(self, stages: "_Stages", t_start: float) -> InferenceResult:
         cfg = self.cfg
-        seconds: dict[str, float] = {}
-        t_start = t0 = time.perf_counter()
-        codes = self._driving_codes()
+        seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
+        t0 = time.perf_counter()
+        codes = self._driving_codes(stages.encoder)
         seconds["encode" if self.kind == "frames" else "read_codes"] = time.perf_counter() - t0
         fps = cfg.fps or codes.fps or cfg.default_fps
 
         t0 = time.perf_counter()
-        mapper = MorphMapper(self.assets.edtn, device=cfg.device)
         with self.progress.stage("edtn", len(codes.code156)) as advance:
-            morphs = mapper(codes.code156, on_frames=advance)
+            morphs = stages.mapper(codes.code156, on_frames=advance)
         seconds["edtn"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -195,10 +244,11 @@ class ReenactmentPipeline:
         write_pose_files(poses, self.pose_csv, self.pose_npy)
         if self.pose_plot is not None:
             write_pose_plot(self.pose_plot, poses, raw, codes.missing, fps, title=self.driving.name)
+            write_output_marker(self.pose_plot)   # ours: a later run may replace it
         seconds["export"] = time.perf_counter() - t0
         if self.render:
             t0 = time.perf_counter()
-            self._render(codes, poses, morphs, fps)
+            self._render(stages, codes, poses, morphs, fps)
             seconds["generate+write"] = time.perf_counter() - t0
         total = time.perf_counter() - t_start
         result = InferenceResult(poses.numpy(), morphs.numpy(), list(range(len(poses))), codes.missing,
@@ -206,6 +256,16 @@ class ReenactmentPipeline:
                                  raw.numpy(), codes, self.pose_plot, self.grid_out)
         _print_summary(result, self.driving)
         return result
+
+
+@dataclass
+class _Stages:
+    """The loaded stages of one run (``None``: not needed by this config)."""
+
+    encoder: Optional[FaceEncoder]
+    mapper: MorphMapper
+    renderer: Optional[AnimeRenderer]
+    painter: Optional[MeshPainter]
 
 
 def _print_summary(result: InferenceResult, driving: Path) -> None:

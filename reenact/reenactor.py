@@ -73,14 +73,16 @@ class Reenactor:
         if stage_cache is None:
             warn_if_standin(vars(assets).values())
         source = Path(cfg.source)
-        encoder = cache(("encoder", assets.deca, cfg.detector, cfg.aligned, cfg.device),
+        trust = cfg.trust_checkpoint
+        encoder = cache(("encoder", assets.deca, cfg.detector, cfg.aligned, cfg.device, trust),
                         lambda: FaceEncoder(assets.deca, detector=cfg.detector, aligned=cfg.aligned,
-                                            device=cfg.device, batch_size=1))
-        mapper = cache(("mapper", assets.edtn, cfg.device), lambda: MorphMapper(assets.edtn, device=cfg.device))
-        renderer = cache(("renderer", assets.generator, source, cfg.use_ema, cfg.source_composite, cfg.device),
+                                            device=cfg.device, batch_size=1, trust_checkpoint=trust))
+        mapper = cache(("mapper", assets.edtn, cfg.device, trust),
+                       lambda: MorphMapper(assets.edtn, device=cfg.device, trust_checkpoint=trust))
+        renderer = cache(("renderer", assets.generator, source, cfg.use_ema, cfg.source_composite, cfg.device, trust),
                          lambda: AnimeRenderer(assets.generator, source, style=cfg.generator.value,
                                                use_ema=cfg.use_ema, source_composite=cfg.source_composite.value,
-                                               device=cfg.device))
+                                               device=cfg.device, trust_checkpoint=trust))
         return cls(encoder, mapper, renderer, pose_options(cfg, fps or cfg.fps or LIVE_FPS))
 
     @property

@@ -106,16 +106,19 @@ class FaceEncoder:
             ignored when ``aligned``.
         aligned: frames are already face-centred crops (VoxCeleb style): resize, no detection.
         device: torch device of the encoder. batch_size: crops per encoder call.
+        trust_checkpoint: allow a full unpickle of the weights file (only for files you created).
     """
 
     def __init__(self, deca_path: Path, *, detector: str = "auto", aligned: bool = False,
-                 device: torch.device | str = "cpu", batch_size: int = 8) -> None:
+                 device: torch.device | str = "cpu", batch_size: int = 8,
+                 trust_checkpoint: bool = False) -> None:
         from deca_edit.crop import make_detector
         from deca_edit.encoder import load_deca_checkpoint
 
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.encoder = load_deca_checkpoint(deca_path, device=self.device)
+        self.encoder = load_deca_checkpoint(deca_path, device=self.device,
+                                            trust_checkpoint=trust_checkpoint)
         self.detector = None if aligned else make_detector(detector, device=self.device)
 
     def encode(self, frames: Iterable[tuple[str, np.ndarray]], count: int,
@@ -161,13 +164,15 @@ class MorphMapper:
 
     Args:
         edtn_path: ``EDTN.pt`` or one of our training checkpoints. device: torch device.
+        trust_checkpoint: allow a full unpickle of the weights file (only for files you created).
     """
 
-    def __init__(self, edtn_path: Path, device: torch.device | str = "cpu") -> None:
+    def __init__(self, edtn_path: Path, device: torch.device | str = "cpu",
+                 trust_checkpoint: bool = False) -> None:
         from edtn.model import load_edtn
 
         self.device = resolve_device(device)
-        self.model = load_edtn(edtn_path, device=self.device)
+        self.model = load_edtn(edtn_path, device=self.device, trust_checkpoint=trust_checkpoint)
 
     @torch.inference_mode()
     def __call__(self, code156: np.ndarray, on_frames: OnFrames = None) -> torch.Tensor:
@@ -226,17 +231,18 @@ class AnimeRenderer:
         use_ema: EMA weights when the checkpoint has them.
         source_composite: ``round`` / ``truncate`` (see :func:`load_source_image`).
         device: torch device.
+        trust_checkpoint: allow a full unpickle of the weights file (only for files you created).
     """
 
     def __init__(self, generator_path: Path, source: str | Path, *, style: str = "default",
                  use_ema: bool = True, source_composite: str = "round",
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", trust_checkpoint: bool = False) -> None:
         from anime_generator.checkpoint import load_generator
         from anime_generator.inference import prepare_for_inference
 
         self.device = resolve_device(device)
         model = load_generator(generator_path, use_ema=use_ema, device=self.device,
-                               asset=f"generator_{style}")
+                               asset=f"generator_{style}", trust_checkpoint=trust_checkpoint)
         self.generator = prepare_for_inference(model).eval()
         self.image_size = self.generator.config.image_size
         self.source = load_source_image(source, self.image_size, source_composite).to(self.device)
@@ -253,11 +259,12 @@ class MeshPainter:
     """Shaded DECA/FLAME reconstruction of a frame (grid outputs): code156 + camera → RGB panel."""
 
     def __init__(self, flame_path: Path, landmark_embedding_path: Path,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", trust_checkpoint: bool = False) -> None:
         from deca_edit.flame import FLAME
 
         self.device = resolve_device(device)
-        self.flame = FLAME(flame_path, landmark_embedding_path).to(self.device)
+        self.flame = FLAME(flame_path, landmark_embedding_path,
+                           trust_checkpoint=trust_checkpoint).to(self.device)
         self.faces = self.flame.faces.cpu().numpy()
 
     @torch.inference_mode()

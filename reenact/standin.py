@@ -30,6 +30,7 @@ Every byte is a function of the inputs: two runs give identical files (checked b
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ import torch
 
 from infra.legacy_pickle import ChumpyArray, write_py2_pickle
 from infra.runtime import atomic_path
-from infra.standin import STANDIN_KEY, write_note
+from infra.standin import NOTE_FORMAT, STANDIN_KEY, STANDIN_NOTE, STANDIN_WARNING
 from infra.weight_fill import fill_module, fill_state_dict, sine_fill
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "standin_generator_checkpoint",
     "standin_vgg19",
     "fetch_template_files",
+    "write_note",
     "make_standin_kit",
 ]
 
@@ -268,6 +270,23 @@ def standin_vgg19() -> dict[str, Any]:
 
 
 # ============================================================================ the kit
+def write_note(folder: str | os.PathLike, files: dict[str, dict[str, Any]]) -> Path:
+    """Write ``folder/STANDIN`` (see :mod:`infra.standin`); sorted, no time stamps, so its bytes
+    depend on ``files`` only."""
+    note = Path(folder) / STANDIN_NOTE
+    body = {
+        "format": NOTE_FORMAT,
+        "warning": (f"{STANDIN_WARNING}. The files marked standin=true in this folder are NOT the "
+                    "FLAME / DECA / EDTN / generator / VGG19 weights: they have the official formats "
+                    "and deterministic filler numbers, so the programs run end to end."),
+        "made_by": MADE_BY,
+        "files": {name: dict(entry) for name, entry in sorted(files.items())},
+    }
+    with atomic_path(note) as tmp:
+        Path(tmp).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return note
+
+
 def fetch_template_files(folder: str | os.PathLike, timeout: float = 10.0) -> tuple[Path, Path]:
     """Download DECA's public ``head_template.obj`` and ``landmark_embedding.npy`` into ``folder``.
 
@@ -369,6 +388,6 @@ def make_standin_kit(out: str | os.PathLike, head_template: str | os.PathLike | 
             write(path)
             files[path.name] = {"what": ASSETS[name].what, "standin": standin, "size": path.stat().st_size,
                                 "sha256": sha256_of(path)}
-    write_note(out, files, MADE_BY)
+    write_note(out, files)
     return files
 

@@ -4,14 +4,17 @@
 Frames are always RGB uint8 ``(H, W, 3)`` numpy arrays (decoded through
 :func:`infra.image_io.to_rgb`). Videos go through imageio-ffmpeg. Every
 output is first written to a temporary file (or folder) beside the target and renamed into place
-at the end, so a failure never leaves a half-written result.
+at the end, so a failure never leaves a half-written result. Only regular files and folders are
+read (a named pipe would block forever); a truncated video is reported (or refused with
+``strict_frames``). :class:`FrameWriter` replaces only outputs it wrote (or with ``overwrite``),
+never deletes files it did not write, and holds the output's advisory lock while writing.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -19,7 +22,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from infra.image_io import IMAGE_EXTENSIONS, read_image, to_rgb
-from infra.runtime import atomic_path
+from infra.runtime import (atomic_path, check_input_path, check_replaceable, make_temp, output_lock,
+                           owned_files, write_output_marker)
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -30,7 +34,11 @@ __all__ = [
     "FrameWriter",
     "gif_frame_ms",
     "write_frames",
+    "expected_frame_count",
+    "is_truncated",
 ]
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg")
 WRITE_VIDEO_EXTENSIONS = (".mp4", ".gif")
@@ -38,6 +46,8 @@ MP4_CODEC = "libx264"
 MP4_PIXEL_FORMAT = "yuv420p"      # widest player support; needs even width and height
 MP4_QUALITY_CRF = "18"
 GIF_TICK_MS = 10                  # GIF frame delays are stored in 1/100 s
+TRUNCATION_SLACK_FRAMES = 2       # duration x fps may round a frame or two away from the true count
+TRUNCATION_SLACK_FRACTION = 0.01
 
 
 @dataclass
@@ -102,7 +112,26 @@ def _read_gif(path: Path) -> tuple[list[np.ndarray], Optional[float]]:
     return frames, (1000.0 / delay_ms if delay_ms else None)
 
 
-def _probe_video(path: Path) -> tuple[float, int]:
+def expected_frame_count(duration: Optional[float], fps: Optional[float]) -> Optional[int]:
+    """Frames a container announces: ``round(duration · fps)``, or ``None`` when it does not say."""
+    if not duration or not fps or not (math.isfinite(duration) and math.isfinite(fps)):
+        return None
+    if duration <= 0 or fps <= 0:
+        return None
+    return int(round(duration * fps))
+
+
+def is_truncated(decoded: int, expected: Optional[int]) -> bool:
+    """``decoded`` frames fall short of the container's ``expected`` count by more than the
+    rounding of its duration allows (:data:`TRUNCATION_SLACK_FRAMES` frames or
+    :data:`TRUNCATION_SLACK_FRACTION` of them, whichever is larger)."""
+    if expected is None:
+        return False
+    return decoded < expected - max(TRUNCATION_SLACK_FRAMES, TRUNCATION_SLACK_FRACTION * expected)
+
+
+def _probe_video(path: Path) -> tuple[Optional[float], int, Optional[int]]:
+    """``(fps or None, decodable frame count, frame count announced by the container or None)``."""
     import imageio.v2 as imageio
 
     try:
@@ -118,18 +147,23 @@ def _probe_video(path: Path) -> tuple[float, int]:
     if not count or first is None:
         raise ValueError(f"video {path} contains no frames")
     fps = float(meta.get("fps") or 0.0)
-    return (fps if fps > 0 and math.isfinite(fps) else None), int(count)
+    fps = fps if fps > 0 and math.isfinite(fps) else None
+    return fps, int(count), expected_frame_count(meta.get("duration"), fps)
 
 
-def open_driving(path: str | os.PathLike, max_frames: Optional[int] = None) -> DrivingSource:
+def open_driving(path: str | os.PathLike, max_frames: Optional[int] = None,
+                 strict_frames: bool = False) -> DrivingSource:
     """Open a driving input: video file, folder of images (sorted by name) or one image.
 
-    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for an unreadable video, an
-    unknown file type or a folder without images.
+    A video that decodes to fewer frames than its container announces (duration × fps; a
+    truncated download or copy) is logged as a warning giving both numbers, or, with
+    ``strict_frames``, refused. Only the frames that are needed count (``max_frames``).
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for something that is not a
+    regular file or folder (a named pipe would block forever), an unreadable or (strict) truncated
+    video, an unknown file type or a folder without images.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"driving input not found: {path}")
+    path = check_input_path(path, "driving input")
     limit = None if max_frames in (None, 0) else int(max_frames)
     if path.is_dir():
         files = sorted(p for p in path.iterdir()
@@ -148,7 +182,14 @@ def open_driving(path: str | os.PathLike, max_frames: Optional[int] = None) -> D
         count = min(len(frames), limit) if limit else len(frames)
         return DrivingSource(path, "gif", fps, count, [f"frame_{i:06d}" for i in range(count)])
     if suffix in VIDEO_EXTENSIONS:
-        fps, count = _probe_video(path)
+        fps, count, expected = _probe_video(path)
+        if is_truncated(count, expected) and not (limit and limit <= count):
+            message = (f"driving video {path} decodes to {count} frames but its container announces "
+                       f"{expected} (duration x fps): the file looks truncated")
+            if strict_frames:
+                raise ValueError(f"{message} (strict_frames=true)")
+            log.warning("%s; using the %d decodable frames (strict_frames=true makes this an error)",
+                        message, count)
         count = min(count, limit) if limit else count
         return DrivingSource(path, "video", fps, count, [f"frame_{i:06d}" for i in range(count)])
     raise ValueError(f"driving input {path}: unknown file type {suffix!r} "
@@ -213,44 +254,78 @@ class FrameWriter:
     frame delays are rounded to 10 ms (see :func:`gif_frame_ms`); identical consecutive frames
     may be merged by the GIF encoder into one longer frame (total duration unchanged).
 
+    Safety (checked in the constructor, before any work):
+
+    * an existing ``path`` is replaced only when this program wrote it (its ownership marker
+      ``.<name>.edtn-output.json`` matches, see :func:`infra.runtime.read_output_marker`) or
+      ``overwrite`` is set; otherwise ``ValueError``;
+    * a folder output never deletes files it did not write: when the existing folder holds other
+      files, the new frames are moved in beside them and only our previous frames are removed;
+    * while writing, the advisory lock of ``path`` is held (:func:`infra.runtime.output_lock`):
+      a second writer of the same path fails at once naming this process.
+
+    Results get the mode the umask gives (0644 files / 0755 folders under umask 022).
+
     Args:
         path: output path (its parent directory must exist).
         fps: frame rate (Hz) of the result.
+        overwrite: replace an existing output this program did not write.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float):
+    def __init__(self, path: str | os.PathLike, fps: float, overwrite: bool = False):
         self.path = check_output_path(path)
         if not (fps > 0 and math.isfinite(fps)):
             raise ValueError(f"output frame rate must be > 0, got {fps}")
+        self.overwrite = bool(overwrite)
+        check_replaceable(self.path, self.overwrite)
         self.fps = float(fps)
         self.kind = output_kind(self.path)
         self.count = 0
         self._ctx = None
+        self._lock = None
         self._tmp: Optional[Path] = None
+        self._tmp_fd: Optional[int] = None
         self._encoder = None
         self._gif_frames: list[np.ndarray] = []
         self._size: Optional[tuple[int, int]] = None
 
     # -- context
     def __enter__(self) -> "FrameWriter":
-        if self.kind == "folder":
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                              dir=self.path.parent))
-        else:
-            self._ctx = atomic_path(self.path)
-            self._tmp = self._ctx.__enter__()
+        self._lock = output_lock(self.path)
+        self._lock.__enter__()
+        try:
+            check_replaceable(self.path, self.overwrite)  # again: it may have changed meanwhile
+            if self.kind == "folder":
+                self._tmp, self._tmp_fd = make_temp(self.path, directory=True)
+            else:
+                self._ctx = atomic_path(self.path)
+                self._tmp = self._ctx.__enter__()
+        except BaseException:
+            self._release()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if exc_type is None:
-                self._finish()
-        except BaseException:
-            self._abort()
-            raise
-        if exc_type is not None:
-            self._abort()
+            try:
+                if exc_type is None:
+                    self._finish()
+            except BaseException:
+                self._abort()
+                raise
+            if exc_type is not None:
+                self._abort()
+        finally:
+            self._release()
         return False
+
+    def _release(self) -> None:
+        if self._tmp_fd is not None:
+            os.close(self._tmp_fd)
+            self._tmp_fd = None
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
 
     # -- frames
     def write(self, frame: np.ndarray) -> None:
@@ -272,8 +347,12 @@ class FrameWriter:
             self._single = frame
         else:
             import imageio.v3 as iio
-            iio.imwrite(self._tmp / f"{self.count:06d}.png", frame)
+            iio.imwrite(self._tmp / self._frame_name(self.count), frame)
         self.count += 1
+
+    @staticmethod
+    def _frame_name(index: int) -> str:
+        return f"{index:06d}.png"
 
     def _write_mp4(self, frame: np.ndarray) -> None:
         import imageio_ffmpeg
@@ -307,19 +386,34 @@ class FrameWriter:
             self._commit_folder()
         else:
             self._ctx.__exit__(None, None, None)
+            write_output_marker(self.path)
 
     def _commit_folder(self) -> None:
-        trash = None
-        if self.path.exists():
-            stray = [p for p in self.path.iterdir() if p.suffix.lower() not in IMAGE_EXTENSIONS]
-            if stray:
-                raise ValueError(f"output folder {self.path} exists and holds non-image files "
-                                 f"(e.g. {stray[0].name}); not replacing it")
-            trash = self.path.with_name(f".{self.path.name}.old{os.getpid()}")
-            os.replace(self.path, trash)
-        os.replace(self._tmp, self.path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        """Put the new frames in place, deleting only files this program wrote before."""
+        new = [self._frame_name(i) for i in range(self.count)]
+        if not self.path.exists():
+            os.replace(self._tmp, self.path)
+        else:
+            ours = owned_files(self.path)
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in ours)
+            if not foreign:  # only our previous frames: swap the folders atomically
+                trash, trash_fd = make_temp(self.path, directory=True)
+                try:
+                    os.replace(self.path, trash)
+                    os.replace(self._tmp, self.path)
+                    shutil.rmtree(trash, ignore_errors=True)
+                finally:
+                    os.close(trash_fd)
+            else:  # the folder holds files we did not write: keep every one of them
+                for name in new:
+                    os.replace(self._tmp / name, self.path / name)
+                for name in sorted(ours - set(new)):
+                    (self.path / name).unlink(missing_ok=True)
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                log.warning("output folder %s holds %d file(s) this program did not write "
+                            "(e.g. %s); they were kept, the %d frames were written beside them",
+                            self.path, len(foreign), foreign[0], len(new))
+        write_output_marker(self.path, new)
 
     def _abort(self) -> None:
         if self._encoder is not None:
@@ -338,9 +432,10 @@ class FrameWriter:
                 pass
 
 
-def write_frames(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float) -> Path:
+def write_frames(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float,
+                 overwrite: bool = False) -> Path:
     """Write a list of RGB uint8 frames to ``path`` (see :class:`FrameWriter`)."""
-    with FrameWriter(path, fps) as writer:
+    with FrameWriter(path, fps, overwrite=overwrite) as writer:
         for frame in frames:
             writer.write(frame)
     return Path(path)

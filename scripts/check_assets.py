@@ -5,9 +5,12 @@ and what they are enough for.
     python scripts/check_assets.py --require infer_video      # exit 1 unless infer.py can run on videos
 
 For every asset: where it was found, its size, and a content check (keys / shapes); for missing
-ones, where to obtain them. Files of the stand-in kit (scripts/make_standin_assets.py) are shown as
-``stand-in``: they run, but their output is noise. Then, per use (infer from DECA codes, infer from
-video, EDTN training, generator training, evaluation): enough or not, and what is missing.
+ones, where to obtain them. The check never runs code from a file: torch files load with
+``weights_only`` and the FLAME / landmark pickles with allow-lists; a file that needs more is
+reported INVALID, naming the offending global. Files of the stand-in kit
+(scripts/make_standin_assets.py) are shown as ``stand-in``: they run, but their output is noise.
+Then, per use (infer from DECA codes, infer from video, EDTN training, generator training,
+evaluation): enough or not, and what is missing.
 
 Exit status: 1 when a present file is invalid (a wrong or corrupt file at an asset's place) or
 when a use named with ``--require`` lacks files; 0 otherwise (missing files a user does not need
@@ -20,7 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python scripts/<name>.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
 
 from infra.assets import ASSETS, AssetStatus, asset_home, check_asset  # noqa: E402
 from infra.standin import STANDIN_WARNING  # noqa: E402

@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # allow `python scripts/eval_edtn.py` from a
 from edtn.data import CodeFrames, build_loader, open_split, real_targets_for  # noqa: E402
 from edtn.losses import LossWeights  # noqa: E402
 from edtn.model import load_edtn  # noqa: E402
-from infra.runtime import resolve_device  # noqa: E402
+from infra.runtime import exit_on_user_error, resolve_device  # noqa: E402
 from edtn.train_loop import LOSS_TERMS, build_geometry_loss, evaluate  # noqa: E402
 
 DEFAULT_WEIGHTS = (100.0, 1.0, 1.0, 1.0)  # vertex, landmark, eye, lip (the paper's)
@@ -127,4 +127,4 @@ def print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error("eval_edtn.py", main)  # a missing / refused file: one line, no traceback

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from anime_generator.checkpoint import (OUR_FORMAT, check_state_dict, checkpoint_filter_fn,
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python scripts/<name>.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from anime_generator.checkpoint import (OUR_FORMAT, check_state_dict, checkpoint_filter_fn,  # noqa: E402
                                         load_checkpoint_file)
-from anime_generator.config import GeneratorConfig
-from anime_generator.model import AnimeGenerator
-from infra.runtime import atomic_save
+from anime_generator.config import GeneratorConfig  # noqa: E402
+from anime_generator.model import AnimeGenerator  # noqa: E402
+from infra.runtime import atomic_save, check_outputs_distinct, exit_on_user_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="edtn: our checkpoint format without training state; bare: one state dict")
     parser.add_argument("--weights", choices=("ema", "generator"), default="ema",
                         help="which weights a bare export holds (EMA by default)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="ONLY for a checkpoint you created: allow a full unpickle (can run code "
+                             "hidden in the file); by default it loads with torch weights_only")
     return parser.parse_args(argv)
 
 
@@ -39,9 +47,11 @@ def _has_ema(obj) -> bool:
     return any("generator_ema." in k for k in obj.get("state_dict", {}))
 
 
-def export(checkpoint: str | Path, output: str | Path, fmt: str = "edtn", weights: str = "ema") -> dict:
+def export(checkpoint: str | Path, output: str | Path, fmt: str = "edtn", weights: str = "ema",
+           trust_checkpoint: bool = False) -> dict:
     """Write the export and return a summary (keys, parameters, config source)."""
-    obj = load_checkpoint_file(checkpoint, map_location="cpu")
+    check_outputs_distinct({"output": output}, {"checkpoint": checkpoint})
+    obj = load_checkpoint_file(checkpoint, map_location="cpu", trust_checkpoint=trust_checkpoint)
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("generator_config"), dict):
         config = GeneratorConfig.from_dict(obj["generator_config"])
@@ -63,8 +73,9 @@ def export(checkpoint: str | Path, output: str | Path, fmt: str = "edtn", weight
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    print(json.dumps(export(args.checkpoint, args.output, args.format, args.weights), indent=2))
+    print(json.dumps(export(args.checkpoint, args.output, args.format, args.weights,
+                            args.trust_checkpoint), indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error("export_generator.py", main)

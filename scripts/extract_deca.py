@@ -21,13 +21,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
-from deca_edit.crop import CROP_SCALE, DETECTOR_CHOICES, make_detector
-from deca_edit.encoder import load_deca_checkpoint
-from deca_edit.extract import DEFAULT_BATCH_SIZE, parse_shard, run_extraction
-from infra.assets import AssetError
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python scripts/<name>.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from deca_edit.crop import CROP_SCALE, DETECTOR_CHOICES, make_detector  # noqa: E402
+from deca_edit.encoder import load_deca_checkpoint  # noqa: E402
+from deca_edit.extract import DEFAULT_BATCH_SIZE, parse_shard, run_extraction  # noqa: E402
+from infra.runtime import exit_on_user_error  # noqa: E402
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,25 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deca_model.tar (default: asset lookup, $EDTN_HOME/deca_model.tar)")
     parser.add_argument("--with-detail", action="store_true", help="also run E_detail and store 'detail' (128)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="crops per encoder call")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="crops per encoder call")
     parser.add_argument("--shard", default=None, help="i/n: process only job k with k %% n == i (0-based)")
     parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="auto",
                         help="face detector (auto: face-alignment S3FD if its weights exist, else dlib)")
     parser.add_argument("--no-detect", "--aligned", dest="aligned", action="store_true",
                         help="frames are face-centred (VoxCeleb): resize the whole frame to 224, no detection")
-    parser.add_argument("--scale", type=float, default=CROP_SCALE, help="face square enlargement (%(default)s)")
-    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
+    parser.add_argument("--scale", type=positive_float, default=CROP_SCALE,
+                        help="face square enlargement, > 0 (%(default)s)")
+    parser.add_argument("--max-frames", type=positive_int, default=None,
+                        help="at most this many frames per video (>= 1; default: all)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="ONLY for a checkpoint you created: allow a full unpickle (can run code "
+                             "hidden in the file); by default it loads with torch weights_only")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is an existing file; it must be a folder (created if missing)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         shard = parse_shard(args.shard)
-        loaded = load_deca_checkpoint(args.checkpoint, device=args.device, with_detail=args.with_detail)
-    except (AssetError, ValueError) as exc:
+        loaded = load_deca_checkpoint(args.checkpoint, device=args.device, with_detail=args.with_detail,
+                                      trust_checkpoint=args.trust_checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     encoder, detail = loaded if args.with_detail else (loaded, None)
@@ -80,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error("extract_deca.py", main))

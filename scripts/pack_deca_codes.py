@@ -10,7 +10,8 @@ Examples::
     python scripts/pack_deca_codes.py ../shared/reference/authors/vox_deca out/example
 
 The format and the reader (``PackedCodes``) are documented in ``deca_edit/codes.py``.
-Exit status: 0 on success, 1 when a bad file stopped packing (re-run with --skip-bad to leave it out).
+Exit status: 0 on success, 1 when a bad file stopped packing (re-run with --skip-bad to leave it out)
+or the source / columns are wrong (one line on stderr, no traceback); 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from deca_edit.codes import (DEFAULT_PACK_COLUMNS, CodeFileError, find_code_splits, pack_code_tree)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # allow `python scripts/<name>.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from deca_edit.codes import (DEFAULT_PACK_COLUMNS, CodeFileError, find_code_splits,  # noqa: E402
+                             pack_code_tree)
+from infra.runtime import exit_on_user_error  # noqa: E402
 
 DEFAULT_SPLITS = ("train", "test")
 
@@ -43,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        parser.error(f"source {args.source} is not a folder" if args.source.exists()
+                     else f"source {args.source} does not exist")
     splits = find_code_splits(args.source, args.splits or DEFAULT_SPLITS)
     if args.splits and set(splits) != set(args.splits):
         missing = sorted(set(args.splits) - set(splits))
@@ -71,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error("pack_deca_codes.py", main))

@@ -19,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infra.assets import AssetError
+from infra.runtime import OWNER_SUFFIX
 from reenact.driving import hold_missing
 from reenact.pipeline import ReenactmentPipeline, run
 from reenact.stages import load_source_image
@@ -63,7 +64,8 @@ def gif_info(path):
 
 
 def _listing(folder):
-    return sorted(p.name for p in Path(folder).iterdir())
+    """Names in ``folder``, without the ownership markers of our outputs (tests/test_trust.py)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.endswith(OWNER_SUFFIX))
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -6,6 +6,7 @@ import pytest
 
 from reenact import render
 from infra.image_io import read_image, to_rgb
+from infra.runtime import OWNER_SUFFIX
 from reenact.video_io import (FrameWriter, gif_frame_ms, open_driving,
                            write_frames)
 
@@ -22,7 +23,8 @@ def _frames(n=5, h=48, w=64):
 
 
 def _listing(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """Names in ``folder``, without the ownership markers of our outputs (tests/test_trust.py)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(OWNER_SUFFIX))
 
 
 # ----------------------------------------------------------------------------- conversion
