@@ -13,7 +13,7 @@ from typing import Any
 from reenact.demo.backend import (CONTROLS, LIVE_CONTROLS, NO_COMPARISON, ControlSpec, DemoBackend,
                                   UserError)
 
-__all__ = ["build_app", "STREAM_EVERY_S", "LIVE_TIME_LIMIT_S", "DELETE_CACHE"]
+__all__ = ["build_app", "launch", "STREAM_EVERY_S", "LIVE_TIME_LIMIT_S", "DELETE_CACHE"]
 
 STREAM_EVERY_S = 0.1          # how often the browser sends a webcam frame (the server drops what it cannot keep up with)
 LIVE_TIME_LIMIT_S = 600       # one live stream runs at most this long; press Record again to continue
@@ -23,8 +23,8 @@ DISPLAY_MIN = 256             # live frames smaller than this are enlarged for d
 CONTROL_ROWS = (("generator", "mapping", "angle_mode"), ("mouth_gain", "relative"),
                 ("smoothing.method", "smoothing.ema_alpha"), ("smoothing.min_cutoff", "smoothing.beta"),
                 ("fps", "max_frames"))
-CPU_NOTE = ("On CPU every frame takes about a second at 256² (DECA + generator); live mode then shows "
-            "a few frames per second at best. With CUDA it keeps up with a webcam.")
+CPU_NOTE = ("On CPU each frame takes about a second with 256² generators (face crop, DECA, generator), "
+            "so live mode shows about one frame per second; with CUDA it keeps up with a webcam.")
 
 
 def _component(spec: ControlSpec, tab: str):
@@ -183,5 +183,5 @@ def build_app(backend: DemoBackend):
 def launch(app: Any, host: str, port: int, share: bool, max_upload_mb: float, allowed: list[str]):
     """Start the server without blocking; returns what ``Blocks.launch`` returns."""
     return app.queue().launch(server_name=host, server_port=port, share=share,
-                              max_file_size=f"{int(max_upload_mb)}mb", allowed_paths=allowed,
+                              max_file_size=int(max_upload_mb * 2**20), allowed_paths=allowed,
                               prevent_thread_lock=True, show_error=True, quiet=False)
