@@ -100,6 +100,8 @@ class InferConfig:
     default_fps: float = DEFAULT_FPS
     pose_csv: Optional[str] = None
     pose_npy: Optional[str] = None
+    pose_plot: Optional[str] = None
+    grid_out: Optional[str] = None
     overwrite: bool = False
     strict_frames: bool = False
     # models
@@ -168,8 +170,9 @@ def validate_infer_config(cfg: Any) -> InferConfig:
     if isinstance(cfg, InferConfig):
         cfg = OmegaConf.structured(cfg)
     typed: InferConfig = OmegaConf.to_object(merge_into_schema(InferConfig, cfg, "infer config"))
-    _blank_to_none(typed, ("driving_video", "source", "out", "pose_csv", "pose_npy", "generator_path",
-                           "edtn_path", "basis_path", "deca_path", "flame_path", "landmark_embedding_path"))
+    _blank_to_none(typed, ("driving_video", "source", "out", "pose_csv", "pose_npy", "pose_plot",
+                           "grid_out", "generator_path", "edtn_path", "basis_path", "deca_path",
+                           "flame_path", "landmark_embedding_path"))
     if typed.driving in _EMPTY:
         raise ValueError("config key 'driving' is required (video, frame folder, image, .mat code "
                          "folder or packed codes)")

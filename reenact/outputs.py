@@ -15,9 +15,11 @@ from reenact.pose import pose_table
 from reenact.render import compose_grid
 from reenact.video_io import output_kind
 
-__all__ = ["check_pose_path", "check_frame_count", "write_pose_files", "GridFrames"]
+__all__ = ["PLOT_SUFFIXES", "check_pose_path", "check_plot_path", "check_frame_count", "write_pose_files",
+           "GridFrames"]
 
 PLACEHOLDER_GREY = 128   # driving panel for code inputs, which have no pictures
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def check_pose_path(value: Optional[str], suffix: str, key: str) -> Optional[Path]:
@@ -30,6 +32,16 @@ def check_pose_path(value: Optional[str], suffix: str, key: str) -> Optional[Pat
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{key} {path}: directory {path.parent} does not exist (create it first)")
     return path
+
+
+def check_plot_path(value: Optional[str], key: str) -> Optional[Path]:
+    """Validate a figure path before any work: a matplotlib format suffix and an existing parent."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ValueError(f"config key {key!r} must end in one of {', '.join(PLOT_SUFFIXES)}, got {path}")
+    return check_pose_path(value, path.suffix.lower(), key)
 
 
 def check_frame_count(out: Optional[Path], frames: int) -> None:

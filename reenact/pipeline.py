@@ -5,7 +5,8 @@
                       vertex_fit, the training-free baselines of edtn.mappings)
                   ──► pose post-processing (reenact.pose: angle mode, relative, mouth gain, smoothing)
                   ──► anime generator (source image + pose → frame)   (skipped with render=none)
-                  ──► writer (.mp4 / .gif / image / PNG folder) + pose export (CSV / NPY)
+                  ──► writer (.mp4 / .gif / image / PNG folder; grid_out: the grid video too)
+                      + pose export (CSV / NPY) + pose curves (pose_plot)
 
 The jobs are split by module: :mod:`reenact.config` validates the options (a typed
 :class:`~reenact.config.InferConfig`), :mod:`reenact.stages` holds the stages (each also usable
@@ -34,11 +35,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from infra.runtime import check_input_path, check_outputs_distinct, check_replaceable, output_lock
+from infra.runtime import (check_input_path, check_outputs_distinct, check_replaceable, output_lock,
+                           write_output_marker)
+from infra.standin import warn_if_standin
 from reenact.config import InferConfig, Layout, RenderMode, pose_options, validate_infer_config
 from reenact.driving import CODE156_GLOBAL, DrivingCodes, driving_kind, hold_missing, read_code_input
-from reenact.outputs import GridFrames, check_frame_count, check_pose_path, write_pose_files
-from reenact.pose import build_pose_sequence
+from reenact.outputs import (GridFrames, check_frame_count, check_plot_path, check_pose_path,
+                             write_pose_files)
+from reenact.plots import write_pose_plot
+from reenact.pose import build_pose_sequence, raw_pose_sequence
 from reenact.progress import ProgressCallback, StageProgress
 from reenact.stages import (AnimeRenderer, FaceEncoder, MeshPainter, MorphMapper, StageAssets,
                             resolve_stage_assets)
@@ -59,8 +64,11 @@ class InferenceResult:
         poses: (T,20) float32 anime poses fed to the generator (morph_00…morph_16, angle_0..2).
         morphs_raw: (T,17) mapping outputs before post-processing.
         frames: frame indices (0..T-1). missing: frames without a face (their code was held).
-        out: written animation path or None. pose_csv / pose_npy: written pose files or None.
+        out: written animation path or None. pose_csv / pose_npy / pose_plot / grid_out: the other
+            written files or None.
         fps: frame rate of the output. seconds: per-stage wall time. total_seconds: end to end.
+        raw_poses: (T,20) the mapping's raw output as a pose (no relative mode, gain or smoothing).
+        codes: the DECA codes of every frame (after holding frames without a face).
     """
 
     poses: np.ndarray
@@ -73,6 +81,10 @@ class InferenceResult:
     fps: float
     seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
+    raw_poses: Optional[np.ndarray] = None
+    codes: Optional[DrivingCodes] = None
+    pose_plot: Optional[Path] = None
+    grid_out: Optional[Path] = None
 
     @property
     def frames_per_second(self) -> float:
@@ -96,11 +108,13 @@ class ReenactmentPipeline:
         self.progress = progress or StageProgress(bars=cfg.progress)
         self.driving = Path(cfg.driving).expanduser()
         self.render = cfg.render is RenderMode.anime
+        self.grid_out = check_output_path(cfg.grid_out, "grid_out") if self.render and cfg.grid_out else None
         self.grid = self.render and cfg.layout is Layout.grid
-        self.show_mesh = self.grid and cfg.show_mesh
+        self.show_mesh = (self.grid or self.grid_out is not None) and cfg.show_mesh
         self.out = check_output_path(cfg.out, "out") if self.render else None
         self.pose_csv = check_pose_path(cfg.pose_csv, ".csv", "pose_csv")
         self.pose_npy = check_pose_path(cfg.pose_npy, ".npy", "pose_npy")
+        self.pose_plot = check_plot_path(cfg.pose_plot, "pose_plot")
         self.kind = driving_kind(self.driving)
         if self.kind != "packed":   # a named pipe would block the reader forever
             check_input_path(self.driving, "driving input")
@@ -109,23 +123,26 @@ class ReenactmentPipeline:
             raise ValueError(f"source image {self.source} is a folder; give one image file")
         self.assets: StageAssets = resolve_stage_assets(cfg, encode_frames=self.kind == "frames",
                                                         show_mesh=self.show_mesh)
+        warn_if_standin(vars(self.assets).values())
         self._check_outputs()
         # the driving input: opened (videos probed, codes read) and its length checked, cheaply
         self._frames: Optional[DrivingSource] = None
         self._codes: Optional[DrivingCodes] = None
         if self.kind == "frames":
             self._frames = open_driving(self.driving, cfg.max_frames, cfg.strict_frames)
-            check_frame_count(self.out, len(self._frames))
+            count = len(self._frames)
         else:
             self._codes = read_code_input(self.driving, self.kind, cfg.driving_video, cfg.max_frames)
-            check_frame_count(self.out, len(self._codes.code156))
-            if self.show_mesh and self._codes.cam is None:
-                raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
+            count = len(self._codes.code156)
+        check_frame_count(self.out, count)
+        check_frame_count(self.grid_out, count)
+        if self._codes is not None and self.show_mesh and self._codes.cam is None:
+            raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
 
     def _outputs(self) -> dict[str, Path]:
         """``{config key: path}`` of every file this run writes."""
-        return {k: v for k, v in (("out", self.out), ("pose_csv", self.pose_csv),
-                                  ("pose_npy", self.pose_npy)) if v is not None}
+        return {k: v for k, v in (("out", self.out), ("grid_out", self.grid_out), ("pose_csv", self.pose_csv),
+                                  ("pose_npy", self.pose_npy), ("pose_plot", self.pose_plot)) if v is not None}
 
     def _check_outputs(self) -> None:
         """No output is an input; an existing output is ours or ``overwrite`` is set."""
@@ -175,21 +192,26 @@ class ReenactmentPipeline:
                 morphs: torch.Tensor, fps: float) -> None:
         cfg, renderer, painter = self.cfg, stages.renderer, stages.painter
         grid = None
-        if self.grid:
+        if self.grid or self.grid_out is not None:
             pictures = (frame for _, frame in codes.frames) if codes.frames is not None else None
             grid = GridFrames(pictures, poses, morphs, cfg.show_morphs)
         n = len(poses)
-        with FrameWriter(self.out, fps, overwrite=cfg.overwrite) as writer, \
-                self.progress.stage("generate", n) as advance:
+        with ExitStack() as stack:
+            writer = stack.enter_context(FrameWriter(self.out, fps, overwrite=cfg.overwrite))
+            grid_writer = (stack.enter_context(FrameWriter(self.grid_out, fps, overwrite=cfg.overwrite))
+                           if self.grid_out is not None else None)
+            advance = stack.enter_context(self.progress.stage("generate", n))
             for start in range(0, n, cfg.batch_size):
                 stop = min(n, start + cfg.batch_size)
                 anime = renderer.render(poses[start:stop])
                 meshes = (painter.paint(codes.code156[start:stop], codes.cam[start:stop],
                                         renderer.image_size) if painter is not None else None)
                 for k, frame in enumerate(anime):
-                    if grid is not None:
-                        frame = grid.compose(start + k, frame, meshes[k] if meshes else None)
-                    writer.write(frame)
+                    grid_frame = (grid.compose(start + k, frame, meshes[k] if meshes else None)
+                                  if grid is not None else None)
+                    writer.write(grid_frame if self.grid else frame)
+                    if grid_writer is not None:
+                        grid_writer.write(grid_frame)
                 advance(stop - start)
 
     # ------------------------------------------------------------------ run
@@ -220,7 +242,11 @@ class ReenactmentPipeline:
         seconds["pose"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        raw = raw_pose_sequence(morphs, global_pose.to(morphs.dtype), cfg.angle_mode.value).float()
         write_pose_files(poses, self.pose_csv, self.pose_npy)
+        if self.pose_plot is not None:
+            write_pose_plot(self.pose_plot, poses, raw, codes.missing, fps, title=self.driving.name)
+            write_output_marker(self.pose_plot)   # ours: a later run may replace it
         seconds["export"] = time.perf_counter() - t0
         if self.render:
             t0 = time.perf_counter()
@@ -228,7 +254,8 @@ class ReenactmentPipeline:
             seconds["generate+write"] = time.perf_counter() - t0
         total = time.perf_counter() - t_start
         result = InferenceResult(poses.numpy(), morphs.numpy(), list(range(len(poses))), codes.missing,
-                                 self.out, self.pose_csv, self.pose_npy, float(fps), seconds, total)
+                                 self.out, self.pose_csv, self.pose_npy, float(fps), seconds, total,
+                                 raw.numpy(), codes, self.pose_plot, self.grid_out)
         _print_summary(result, self.driving)
         return result
 

@@ -26,9 +26,13 @@ AnimeCeleb ``basis`` images are neutral, frontal):
   components as Euler angles); ``euler``: the rotation relative to the first frame,
   ``R'_t = R_0ᵀ · R_t``, then decomposed as above.
 
-Order of operations in :func:`build_pose_sequence`: angle conversion (with relative rotation) →
-relative morphs → mouth gain (morphs 12–16, clipped to [0,1]) → temporal smoothing of all 20
-columns.
+Order of operations (:class:`PoseFilter`): angle conversion (with relative rotation) → relative
+morphs → mouth gain (morphs 12–16, clipped to [0,1]) → temporal smoothing of all 20 columns.
+
+Every step is causal, so one implementation serves both uses: :class:`PoseFilter` keeps the state
+(the relative-mode first frame, the smoothing filter's memory) and takes consecutive frames in
+chunks of any length -- one frame at a time for a live webcam (``reset()`` per session), the whole
+sequence at once for a video (:func:`build_pose_sequence`). Both give identical numbers.
 """
 from __future__ import annotations
 
@@ -60,7 +64,9 @@ __all__ = [
     "ema_filter",
     "one_euro_filter",
     "smooth_sequence",
+    "PoseFilter",
     "build_pose_sequence",
+    "raw_pose_sequence",
     "pose_table",
 ]
 
@@ -232,18 +238,67 @@ def relative_morphs(morphs: torch.Tensor) -> torch.Tensor:
     return (morphs - morphs[:1]).clamp(0.0, 1.0)
 
 
+class _EmaStep:
+    """One step of the causal EMA: y_0 = x_0, y_t = α·x_t + (1−α)·y_{t−1}."""
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+        self.prev: Optional[torch.Tensor] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone() if self.prev is None else self.alpha * x + (1 - self.alpha) * self.prev
+        self.prev = y
+        return y
+
+
+class _OneEuroStep:
+    """One step of the one-euro filter (see :func:`one_euro_filter`); y_0 = x_0."""
+
+    def __init__(self, fps: float, min_cutoff: float, beta: float, d_cutoff: float):
+        self.dt = 1.0 / fps
+        self.min_cutoff, self.beta = min_cutoff, beta
+        self.a_d = _lowpass_alpha(d_cutoff, self.dt)
+        self.prev: Optional[torch.Tensor] = None
+        self.deriv: Optional[torch.Tensor] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prev is None:
+            self.prev, self.deriv = x.clone(), torch.zeros_like(x)
+            return self.prev
+        raw_deriv = (x - self.prev) / self.dt
+        self.deriv = self.a_d * raw_deriv + (1 - self.a_d) * self.deriv
+        cutoff = self.min_cutoff + self.beta * self.deriv.abs()
+        a = _lowpass_alpha(cutoff, self.dt)
+        self.prev = a * x + (1 - a) * self.prev
+        return self.prev
+
+
+def _run_steps(x: torch.Tensor, step) -> torch.Tensor:
+    """Apply a stateful per-row ``step`` along the time axis of a (T, D) sequence."""
+    if x.ndim != 2:
+        raise ValueError(f"sequence must have shape (T, D), got {tuple(x.shape)}")
+    out = x.clone()
+    for t in range(len(x)):
+        out[t] = step(x[t])
+    return out
+
+
+def _smoother(options: PoseOptions):
+    """A fresh per-row smoothing step for ``options.smoothing`` (``None`` for ``none``)."""
+    if options.smoothing == "ema":
+        return _EmaStep(options.ema_alpha)
+    if options.smoothing == "one_euro":
+        return _OneEuroStep(options.fps, options.min_cutoff, options.beta, options.d_cutoff)
+    return None
+
+
 def ema_filter(x: torch.Tensor, alpha: float) -> torch.Tensor:
     """Causal exponential moving average over time: y_0 = x_0, y_t = α·x_t + (1−α)·y_{t−1}.
 
     Args:
         x: (T, D) sequence. alpha: weight of the new sample in (0,1].
     """
-    if x.ndim != 2:
-        raise ValueError(f"sequence must have shape (T, D), got {tuple(x.shape)}")
-    out = x.clone()
-    for t in range(1, len(x)):
-        out[t] = alpha * x[t] + (1 - alpha) * out[t - 1]
-    return out
+    return _run_steps(x, _EmaStep(alpha))
 
 
 def _lowpass_alpha(cutoff: torch.Tensor | float, dt: float):
@@ -265,48 +320,87 @@ def one_euro_filter(x: torch.Tensor, fps: float, min_cutoff: float = 1.0, beta: 
     Returns:
         (T, D) filtered sequence (y_0 = x_0).
     """
-    if x.ndim != 2:
-        raise ValueError(f"sequence must have shape (T, D), got {tuple(x.shape)}")
-    out = x.clone()
-    if len(x) == 0:
-        return out
-    dt = 1.0 / fps
-    a_d = _lowpass_alpha(d_cutoff, dt)
-    deriv = torch.zeros_like(x[0])
-    for t in range(1, len(x)):
-        raw_deriv = (x[t] - out[t - 1]) / dt
-        deriv = a_d * raw_deriv + (1 - a_d) * deriv
-        cutoff = min_cutoff + beta * deriv.abs()
-        a = _lowpass_alpha(cutoff, dt)
-        out[t] = a * x[t] + (1 - a) * out[t - 1]
-    return out
+    return _run_steps(x, _OneEuroStep(fps, min_cutoff, beta, d_cutoff))
 
 
 def smooth_sequence(x: torch.Tensor, options: PoseOptions) -> torch.Tensor:
     """Apply ``options.smoothing`` (none / ema / one_euro) to a (T, D) sequence."""
-    if options.smoothing == "none":
-        return x.clone()
-    if options.smoothing == "ema":
-        return ema_filter(x, options.ema_alpha)
-    return one_euro_filter(x, options.fps, options.min_cutoff, options.beta, options.d_cutoff)
+    step = _smoother(options)
+    return x.clone() if step is None else _run_steps(x, step)
+
+
+class PoseFilter:
+    """Causal, stateful pose post-processing for one driving session (see the module docstring).
+
+    ``step(morphs, global_pose)`` takes the next B consecutive frames -- EDTN morphs (B,17) and
+    DECA global rotations (B,3, rad) -- and returns their anime poses (B,20). The first frame seen
+    after construction or :meth:`reset` is the relative-mode reference; the smoothing filter
+    carries over between calls. Feeding a sequence in any chunking gives the same poses as
+    :func:`build_pose_sequence` on the whole of it.
+    """
+
+    def __init__(self, options: PoseOptions = PoseOptions()):
+        self.options = options
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the session: the next frame becomes the reference, the smoother starts afresh."""
+        self._morph0: Optional[torch.Tensor] = None      # (1,17) first morphs (relative mode)
+        self._angle0: Optional[torch.Tensor] = None      # (1,3) first angles (relative, reference)
+        self._rot0: Optional[torch.Tensor] = None        # (3,3) first rotation (relative, euler)
+        self._smooth = _smoother(self.options)
+        self.frames_seen = 0
+
+    def _angles(self, global_pose: torch.Tensor) -> torch.Tensor:
+        opts = self.options
+        if opts.angle_mode == "reference":
+            angles = angles_reference(global_pose)
+            if opts.relative:
+                if self._angle0 is None:
+                    self._angle0 = angles[:1].clone()
+                angles = angles - self._angle0
+            return angles
+        if opts.relative and self._rot0 is None:
+            self._rot0 = axis_angle_to_matrix(global_pose[:1])[0]
+        return angles_euler(global_pose, self._rot0 if opts.relative else None)
+
+    def step(self, morphs: torch.Tensor, global_pose: torch.Tensor) -> torch.Tensor:
+        """Poses (B,20) of the next B frames (B may be 0)."""
+        _check(morphs, "morphs", NUM_MORPHS)
+        _check(global_pose, "global_pose", 3)
+        if len(morphs) != len(global_pose):
+            raise ValueError(f"morphs ({len(morphs)}) and global_pose ({len(global_pose)}) differ in length")
+        if len(morphs) == 0:
+            return morphs.new_zeros((0, POSE_DIM))
+        angles = self._angles(global_pose)
+        if self.options.relative:
+            if self._morph0 is None:
+                self._morph0 = morphs[:1].clone()
+            morphs = (morphs - self._morph0).clamp(0.0, 1.0)
+        if self.options.mouth_gain != 1.0:
+            morphs = apply_mouth_gain(morphs, self.options.mouth_gain)
+        pose = assemble_pose(morphs, angles)
+        self.frames_seen += len(pose)
+        return pose.clone() if self._smooth is None else _run_steps(pose, self._smooth)
 
 
 def build_pose_sequence(morphs: torch.Tensor, global_pose: torch.Tensor,
                         options: PoseOptions = PoseOptions()) -> torch.Tensor:
     """EDTN morphs (T,17) + DECA global rotations (T,3, rad) → anime poses (T,20).
 
-    Steps: angle conversion (``angle_mode``, relative rotation when ``relative``), relative morphs,
-    mouth gain + clip, then temporal smoothing of all 20 columns. With the default options this is
-    exactly the original: ``cat(morphs, r[:, [0,2,1]]·180/π)``.
+    A fresh :class:`PoseFilter` run over the whole sequence: angle conversion (``angle_mode``,
+    relative rotation when ``relative``), relative morphs, mouth gain + clip, then temporal
+    smoothing of all 20 columns. With the default options this is exactly the original:
+    ``cat(morphs, r[:, [0,2,1]]·180/π)``.
     """
-    _check(morphs, "morphs", NUM_MORPHS)
-    _check(global_pose, "global_pose", 3)
-    angles = convert_angles(global_pose, options.angle_mode, options.relative)
-    if options.relative:
-        morphs = relative_morphs(morphs)
-    morphs = apply_mouth_gain(morphs, options.mouth_gain) if options.mouth_gain != 1.0 else morphs
-    pose = assemble_pose(morphs, angles)
-    return smooth_sequence(pose, options)
+    return PoseFilter(options).step(morphs, global_pose)
+
+
+def raw_pose_sequence(morphs: torch.Tensor, global_pose: torch.Tensor, angle_mode: str = "reference"
+                      ) -> torch.Tensor:
+    """The mapping's raw output as a pose (T,20): morphs unchanged, absolute angles in ``angle_mode``
+    (no relative mode, gain or smoothing). What pose plots draw as the thin line."""
+    return assemble_pose(morphs, convert_angles(global_pose, angle_mode, relative=False))
 
 
 def pose_table(poses: torch.Tensor | np.ndarray, frames: Optional[Sequence[int]] = None):

@@ -4,23 +4,32 @@ cache for torchvision / face-alignment weights), with resume, a progress bar and
     python scripts/fetch_assets.py                 # every asset that has a public address
     python scripts/fetch_assets.py vgg19 landmark_embedding
 
-Licensed files (FLAME generic_model.pkl, DECA deca_model.tar) and the authors' EDTN / generator
-releases cannot be fetched automatically: the script prints where to get each of them.
-Offline, it stops at the first unreachable address with a clear message (exit status 2).
+Every public file is tried, even when an earlier one fails (offline, HTTP error, checksum), and
+every licensed file that is still missing (FLAME generic_model.pkl, DECA deca_model.tar, the
+authors' EDTN / generator releases) is listed with where to get it.
+
+Exit status: 2 when a download failed, else 1 when licensed files are still missing, else 0.
+To try the programs without the licensed files, see scripts/make_standin_assets.py.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from infra.assets import ASSETS, AssetError, asset_home, resolve_asset, torch_hub_dir
-from infra.download import DownloadError, download
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infra.assets import ASSETS, AssetError, asset_home, resolve_asset, torch_hub_dir  # noqa: E402
+from infra.download import DownloadError, download  # noqa: E402
+
+EXIT_MANUAL_MISSING = 1
+EXIT_DOWNLOAD_FAILED = 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*",
-                        help=f"assets to fetch (default: all with a public address): {', '.join(ASSETS)}")
+                        help=f"assets to fetch (default: all, public ones downloaded): {', '.join(ASSETS)}")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a server")
     parser.add_argument("--force", action="store_true", help="download even if the file is present")
     args = parser.parse_args(argv)
@@ -28,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown asset(s) {unknown}; known: {', '.join(ASSETS)}")
 
-    names = args.names or [n for n, s in ASSETS.items() if s.url]
-    manual = []
-    for name in names:
+    manual, failed = [], []
+    for name in args.names or list(ASSETS):
         spec = ASSETS[name]
         if not args.force:
             try:
@@ -46,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
             download(spec.url, dest, sha256=spec.sha256, timeout=args.timeout)
         except DownloadError as exc:
             print(f"error: {name}: {exc}", file=sys.stderr)
-            return 2
+            failed.append(name)
+            continue
         print(f"{name}: downloaded to {dest}")
     for spec in manual:
         print(f"{spec.name}: {spec.filename} must be obtained by hand: {spec.obtain}")
-    return 1 if manual else 0
+    if failed:
+        print(f"failed to download: {', '.join(failed)} (see the errors above)", file=sys.stderr)
+        return EXIT_DOWNLOAD_FAILED
+    return EXIT_MANUAL_MISSING if manual else 0
 
 
 if __name__ == "__main__":

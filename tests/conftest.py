@@ -73,3 +73,19 @@ def _isolated_asset_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("edtn_home")
     monkeypatch.setenv("EDTN_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+
+
+STANDIN_GENERATOR_SIZE = 64   # stand-in generator resolution for fast tests (the weights are size-free)
+
+
+@pytest.fixture(scope="session")
+def standin_kit(tmp_path_factory, deca_dir, authors_dir) -> Path:
+    """A stand-in asset folder (scripts/make_standin_assets.py) with the authors' public EDTN.pt and
+    basis copied in and 64² stand-in generators; use it as ``EDTN_HOME``."""
+    from reenact.standin import make_standin_kit
+
+    out = tmp_path_factory.mktemp("standin_kit") / "assets"
+    make_standin_kit(out, deca_dir / "head_template.obj", deca_dir / "landmark_embedding.npy",
+                     edtn=authors_dir / "EDTN.pt", transform_matrix=authors_dir / "transform_matrix_08_30.npy",
+                     generator_size=STANDIN_GENERATOR_SIZE, progress=False)
+    return out

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from infra.assets import ASSETS, AssetError, asset_home, check_asset, resolve_asset
+from helpers.local import StaticFiles, local_http_server
 from infra.download import DownloadError, download
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,47 +67,26 @@ def test_check_assets_script_prints_table(authors_dir, tmp_path):
         [sys.executable, str(REPO / "scripts" / "check_assets.py"), "--json", str(out),
          "--path", f"edtn_weights={authors_dir / 'EDTN.pt'}"],
         capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 1  # some assets are missing in the test cache
+    assert proc.returncode == 0  # missing files are no failure unless a use is required
     assert "edtn_weights" in proc.stdout and "ok" in proc.stdout
     assert "flame.is.tue.mpg.de" in proc.stdout  # where to get FLAME
     assert "Traceback" not in proc.stderr
     assert out.exists()
 
 
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves one in-memory payload and honours 'Range: bytes=N-'."""
-
-    payload = b""
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        start = 0
-        header = self.headers.get("Range")
-        if header:
-            start = int(header.split("=")[1].split("-")[0])
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = self.payload[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+class _RangeHandler(StaticFiles):
+    """Serves one in-memory payload at every path and honours 'Range: bytes=N-'."""
 
 
 @pytest.fixture()
 def http_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with local_http_server(_RangeHandler) as server:
+        yield server
 
 
 def test_download_resumes_and_verifies(http_server, tmp_path):
     payload = np.random.default_rng(0).bytes(300_000)
-    _RangeHandler.payload = payload
+    _RangeHandler.files = {"*": payload}
     url = f"http://127.0.0.1:{http_server.server_address[1]}/file.bin"
     dest = tmp_path / "file.bin"
     dest.with_name("file.bin.part").write_bytes(payload[:123_456])  # an interrupted download

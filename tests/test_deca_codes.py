@@ -1,7 +1,6 @@
 """DECA code files: .mat I/O, code156 / EDTN input, the packed format, its packer and reader."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -15,21 +14,15 @@ from scipy.io import loadmat, savemat
 from deca_edit.codes import (CODE_SHAPES, CodeFileError, PackedCodes, code156, edtn_input_from_code156,
                              pack_code_splits, pack_code_tree, read_code_mat, write_code_mat,
                              write_packed_codes)
+from helpers.local import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light", "detail")
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def pack_cli():
-    return _script("pack_deca_codes")
+    return load_script("pack_deca_codes")
 
 
 @pytest.fixture(scope="module")

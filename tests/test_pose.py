@@ -222,3 +222,57 @@ def test_smoothing_is_causal():
         a, b = P.smooth_sequence(x, opts), P.smooth_sequence(y, opts)
         torch.testing.assert_close(a[:20], b[:20], rtol=0, atol=0)
         assert not torch.allclose(a[20:], b[20:])
+
+
+# ----------------------------------------------------------------------------- stateful filter
+def _reference_sequence(morphs, r, opts):
+    """The batch formulas written out (relative to frame 0, gain, then the smoother)."""
+    angles = P.convert_angles(r, opts.angle_mode, opts.relative)
+    m = P.relative_morphs(morphs) if opts.relative else morphs
+    m = P.apply_mouth_gain(m, opts.mouth_gain)
+    return P.smooth_sequence(torch.cat([m, angles.to(m.dtype)], 1), opts)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opts", [P.PoseOptions(),
+                                  P.PoseOptions(relative=True, mouth_gain=1.5, smoothing="ema", ema_alpha=0.3),
+                                  P.PoseOptions(angle_mode="euler", relative=True, smoothing="one_euro", beta=0.4),
+                                  P.PoseOptions(angle_mode="euler", smoothing="one_euro", fps=30.0)])
+def test_pose_filter_any_chunking_is_exactly_the_batch_result(dtype, opts):
+    """Live mode (one frame per call) and the batch pipeline (one call) give identical numbers."""
+    gen = torch.Generator().manual_seed(3)
+    morphs = torch.rand(23, 17, generator=gen, dtype=dtype)
+    r = torch.randn(23, 3, generator=gen, dtype=dtype) * 0.3
+    batch = P.build_pose_sequence(morphs, r, opts)
+    torch.testing.assert_close(batch, _reference_sequence(morphs, r, opts), rtol=0, atol=0)
+    for chunk in (1, 4, 23):
+        filt = P.PoseFilter(opts)
+        parts = [filt.step(morphs[i:i + chunk], r[i:i + chunk]) for i in range(0, 23, chunk)]
+        assert torch.equal(torch.cat(parts), batch), chunk
+        assert filt.frames_seen == 23
+
+
+def test_pose_filter_reset_starts_a_new_session():
+    opts = P.PoseOptions(relative=True, smoothing="ema", ema_alpha=0.5)
+    gen = torch.Generator().manual_seed(1)
+    morphs, r = torch.rand(6, 17, generator=gen), torch.randn(6, 3, generator=gen) * 0.2
+    filt = P.PoseFilter(opts)
+    filt.step(morphs[:3], r[:3])
+    second = filt.step(morphs[3:], r[3:])
+    assert not torch.equal(second[0], torch.zeros(20))       # still relative to frame 0
+    filt.reset()
+    fresh = filt.step(morphs[3:], r[3:])
+    assert torch.equal(fresh[0], torch.zeros(20))            # frame 3 is the new neutral reference
+    assert torch.equal(fresh, P.build_pose_sequence(morphs[3:], r[3:], opts))
+    assert filt.step(morphs[:0], r[:0]).shape == (0, 20)
+    with pytest.raises(ValueError, match="differ in length"):
+        filt.step(morphs[:2], r[:3])
+
+
+def test_raw_pose_sequence_is_the_unprocessed_mapping():
+    morphs = torch.rand(5, 17)
+    r = torch.randn(5, 3) * 0.2
+    raw = P.raw_pose_sequence(morphs, r)
+    assert torch.equal(raw, P.build_pose_sequence(morphs, r))     # default options change nothing
+    rel = P.build_pose_sequence(morphs, r, P.PoseOptions(relative=True))
+    torch.testing.assert_close(raw[:, 17:] - raw[:1, 17:], rel[:, 17:])
