@@ -33,10 +33,9 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_save, capture_rng_state,
-                           clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
-                           run_log, resolve_device, resolve_run_dir, restore_rng_state,
-                           run_dir_lock, seed_everything)
+from infra.runtime import (atomic_save, capture_rng_state, clean_stale_temps,
+                           load_resume_checkpoint, resolve_device, resolve_run_dir,
+                           restore_rng_state, seed_everything, training_run)
 
 from .checkpoint import OUR_FORMAT, checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
 from .config import GeneratorConfig
@@ -259,17 +258,9 @@ def run(cfg: Any) -> dict[str, Any]:
     cfg = validate_config(cfg)
     device = resolve_device(cfg.device)
     info, device = init_distributed(device)
-    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     try:
-        # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with run_dir_lock(run_dir, info.is_main), run_log(run_dir, "train_ag.log", info.is_main):
+        with training_run(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), info.is_main, "train_ag.log"):
             return _train(cfg, info, device)
-    except OutputBusyError:  # another run holds the run dir: leave it alone
-        raise
-    except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
-        if info.is_main:
-            discard_unused_run_dir(run_dir)
-        raise
     finally:
         cleanup_distributed()
 

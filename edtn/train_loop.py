@@ -30,11 +30,10 @@ from edtn.losses import LOSS_TERMS, GeometryLoss, LossWeights, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.checkpoint import load_torch_file
-from infra.runtime import (USER_ERRORS, OutputBusyError, atomic_path, atomic_save,
-                           capture_rng_state,
-                           clean_stale_temps, discard_unused_run_dir, load_resume_checkpoint,
-                           run_log, resolve_device, resolve_run_dir, restore_rng_state,
-                           run_dir_lock, seed_everything, unwrap_model)
+from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
+                           clean_stale_temps, load_resume_checkpoint, resolve_device,
+                           resolve_run_dir, restore_rng_state, seed_everything, training_run,
+                           unwrap_model)
 
 __all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
@@ -58,10 +57,8 @@ def run(cfg: Any) -> dict:
     cfg = validate_config(cfg)
     device = resolve_device(cfg.device)
     dist, device = init_distributed(device)
-    run_dir = resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR)
     try:
-        # one training process per run dir (rank 0 holds the lock; a second run fails fast)
-        with run_dir_lock(run_dir, dist.is_main), run_log(run_dir, "train.log", dist.is_main):
+        with training_run(resolve_run_dir(cfg.run_dir, DEFAULT_RUN_DIR), dist.is_main) as run_dir:
             try:
                 return _train(cfg, dist, device)
             except USER_ERRORS:  # missing asset / bad data: the entry point prints the message
@@ -69,12 +66,6 @@ def run(cfg: Any) -> dict:
             except Exception:  # a bug: its traceback goes into train.log too
                 log.exception("EDTN training failed (run dir %s)", run_dir)
                 raise
-    except OutputBusyError:  # another run holds the run dir: leave it alone
-        raise
-    except USER_ERRORS:  # failed before training wrote anything: leave no empty run dir behind
-        if dist.is_main:
-            discard_unused_run_dir(run_dir)
-        raise
     finally:
         cleanup_distributed()
 

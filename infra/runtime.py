@@ -67,6 +67,7 @@ __all__ = [
     "lock_path_for",
     "output_lock",
     "run_dir_lock",
+    "training_run",
     "exit_on_user_error",
 ]
 
@@ -749,6 +750,28 @@ def run_dir_lock(run_dir: str | os.PathLike, main: bool = True):
     """:func:`output_lock` of a training run folder, held by the main process only (DDP ranks
     share the folder): a second training run on it fails fast naming the first one's pid."""
     return output_lock(run_dir, "run_dir") if main else nullcontext(Path(run_dir))
+
+
+@contextmanager
+def training_run(run_dir: str | os.PathLike, main: bool = True, log_name: str = "train.log") -> Iterator[Path]:
+    """The run folder of one training process, for the length of the block.
+
+    The main process (rank 0 under DDP) holds the folder's lock (:func:`run_dir_lock`: a second
+    run on it fails fast) and logs into ``run_dir/log_name`` (:func:`run_log`). When the block
+    fails on a user error before anything of value was written (a missing asset, bad data), the
+    folder is removed (:func:`discard_unused_run_dir`); a folder another run holds is never
+    touched. Yields ``run_dir`` as a Path.
+    """
+    run_dir = Path(run_dir)
+    try:
+        with run_dir_lock(run_dir, main), run_log(run_dir, log_name, main):
+            yield run_dir
+    except OutputBusyError:
+        raise
+    except USER_ERRORS:
+        if main:
+            discard_unused_run_dir(run_dir)
+        raise
 
 
 def exit_on_user_error(program: str, fn, *args, **kwargs):
