@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from infra.assets import AssetError, resolve_asset
+from infra.image_io import to_rgb
 
 __all__ = [
     "CROP_SIZE",
@@ -91,38 +92,16 @@ FAN_INPUT_SIZE = 256
 FAN_LANDMARKS = 68
 FAN_HEATMAP_EDGE = 63           # face-alignment's hard-coded "not on the border" bound of its 64² maps
 UINT8_MAX = 255.0
-UINT16_TO_UINT8 = 257.0
 
 
 # ----------------------------------------------------------------------------- image conversion
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any image array -> ``(H,W,3)`` uint8 RGB (C-contiguous).
+    """Any image array -> ``(H,W,3)`` uint8 RGB (C-contiguous), alpha ignored as DECA does.
 
-    Accepts grayscale ``(H,W)`` / ``(H,W,1)``, RGB ``(H,W,3)``, RGBA ``(H,W,4)`` (alpha dropped),
-    dtype uint8, uint16 (scaled by 1/257) or float in [0,1].
+    :func:`infra.image_io.to_rgb` with ``composite="drop"``: grayscale is replicated, uint16 is
+    scaled by 1/257, float in [0,1] by 255 (NaN/inf refused).
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image (H,W), (H,W,1), (H,W,3) or (H,W,4); got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[..., :3]
-    if image.dtype == np.uint8:
-        pass
-    elif image.dtype == np.uint16:
-        image = np.round(image / UINT16_TO_UINT8).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise ValueError("image contains NaN or inf")
-        image = np.round(np.clip(image, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
-    elif image.dtype == np.bool_:
-        image = image.astype(np.uint8) * np.uint8(UINT8_MAX)
-    else:
-        raise ValueError(f"unsupported image dtype {image.dtype} (use uint8, uint16 or float in [0,1])")
-    return np.ascontiguousarray(image)
+    return to_rgb(image, "image", composite="drop")
 
 
 def image_to_tensor(image: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -34,6 +34,7 @@ from deca_edit.codes import (CODE_SHAPES, COARSE_KEYS, DEFAULT_PACK_COLUMNS, wri
                              write_packed_codes)
 from deca_edit.crop import CROP_SCALE, FaceBox, FaceDetector, crop_face, to_rgb_uint8
 from deca_edit.encoder import decompose
+from infra.image_io import read_image as _read_image
 from infra.runtime import atomic_path, resolve_device
 
 __all__ = [
@@ -61,25 +62,9 @@ REPORT_NAME = "extract_report"
 
 # ----------------------------------------------------------------------------- reading inputs
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H,W,3)`` uint8 RGB (EXIF rotation applied; gray/RGBA/palette converted).
-
-    Raises:
-        ValueError: the file cannot be decoded (message names the path).
-    """
-    from PIL import Image, ImageOps
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode not in ("L", "RGB", "RGBA", "I;16"):
-                img = img.convert("RGBA" if ("A" in img.mode or "transparency" in img.info) else "RGB")
-            array = np.asarray(img)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a broken file
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-    return to_rgb_uint8(array)
+    """Read a face photo as ``(H,W,3)`` uint8 RGB, alpha ignored as DECA does
+    (:func:`infra.image_io.read_image` with ``composite="drop"``; EXIF rotation applied)."""
+    return _read_image(path, composite="drop")
 
 
 def iter_video_frames(path: str | os.PathLike, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:

@@ -18,7 +18,9 @@ __all__ = ["IMAGE_EXTENSIONS", "COMPOSITE_MODES", "composite_rgba", "to_rgb", "r
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 WHITE = 255
 UINT8_MAX = 255
-COMPOSITE_MODES = ("round", "original")  # original: skimage rgba2rgb as the reference used it
+# round: ours; original: skimage rgba2rgb as the reference used it; drop: alpha ignored, as DECA's
+# ``imread(...)[:, :, :3]`` reads face photos
+COMPOSITE_MODES = ("round", "original", "drop")
 
 
 def composite_rgba(image: np.ndarray, background: Sequence[int] = (WHITE, WHITE, WHITE),
@@ -30,7 +32,8 @@ def composite_rgba(image: np.ndarray, background: Sequence[int] = (WHITE, WHITE,
         background: RGB of the background, 0..255.
         mode: ``round`` computes ``c·a + bg·(1−a)`` in float64 and rounds to nearest.
             ``original`` reproduces skimage ``rgba2rgb`` as the reference used it: float32
-            arithmetic and truncation by ``astype(uint8)``.
+            arithmetic and truncation by ``astype(uint8)``. ``drop`` ignores alpha (DECA's reading
+            of face photos).
 
     Returns:
         (H,W,3) uint8.
@@ -43,6 +46,8 @@ def composite_rgba(image: np.ndarray, background: Sequence[int] = (WHITE, WHITE,
         raise ValueError(f"background must have 3 values (RGB), got {list(background)}")
     if image.shape[2] == 3:
         return image
+    if mode == "drop":
+        return np.ascontiguousarray(image[..., :3])
     rgb, alpha = image[..., :3], image[..., 3:]
     if mode == "original":
         a = alpha.astype(np.float32) / np.float32(UINT8_MAX)
@@ -65,6 +70,8 @@ def to_rgb(image: np.ndarray, where: str = "image", composite: str = "round") ->
     if img.dtype == np.uint16:
         img = np.rint(img.astype(np.float64) / 257.0).astype(np.uint8)
     elif img.dtype.kind == "f":
+        if not np.isfinite(img).all():
+            raise ValueError(f"{where}: image contains NaN or inf")
         img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     elif img.dtype == np.bool_:
         img = img.astype(np.uint8) * 255
@@ -88,17 +95,23 @@ def to_rgb(image: np.ndarray, where: str = "image", composite: str = "round") ->
 
 
 def read_image(path: str | os.PathLike, composite: str = "round") -> np.ndarray:
-    """Read one image file as RGB uint8 (H,W,3) (alpha composited over white by ``composite``, see
-    :func:`to_rgb`); a clear ``ValueError`` if it cannot be decoded."""
-    import imageio.v3 as iio
+    """Read one image file as RGB uint8 (H,W,3); a clear ``ValueError`` if it cannot be decoded.
+
+    The EXIF orientation is applied (a phone photo comes out upright), a multi-frame file gives
+    its first frame, palette / gray+alpha / 16-bit images are converted, and alpha is handled by
+    ``composite`` (see :func:`composite_rgba`: composited over white, or dropped).
+    """
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        img = iio.imread(path)
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode not in ("L", "RGB", "RGBA", "I;16"):
+                img = img.convert("RGBA" if ("A" in img.mode or "transparency" in img.info) else "RGB")
+            array = np.asarray(img)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    if img.ndim == 4:  # multi-frame image (animated PNG, ...): take the first frame
-        img = img[0]
-    return to_rgb(img, str(path), composite=composite)
+        raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    return to_rgb(array, str(path), composite=composite)

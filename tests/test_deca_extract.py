@@ -88,8 +88,12 @@ def test_gray_and_rgba_inputs(faces, dlib_detector):
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
     np.testing.assert_array_equal(crop_face(rgba, dlib_detector)[0], crop_face(rgb, dlib_detector)[0])
     assert to_rgb_uint8(np.ones((4, 5), np.float32)).max() == 255
-    with pytest.raises(ValueError, match="shape"):
-        to_rgb_uint8(np.zeros((4, 5, 2), np.uint8))
+    gray_alpha = np.stack([np.full((4, 5), 9, np.uint8), np.zeros((4, 5), np.uint8)], -1)
+    assert (to_rgb_uint8(gray_alpha) == 9).all()                 # alpha ignored, as DECA reads photos
+    with pytest.raises(ValueError, match="channels"):
+        to_rgb_uint8(np.zeros((4, 5, 5), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_rgb_uint8(np.full((4, 5, 3), np.nan, np.float32))
 
 
 def test_extract_video_and_photos_with_dlib(filled_encoder, dlib_detector, faces, video, tmp_path):
