@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deca_edit.flame import batch_rodrigues, orthographic_projection
+from deca_edit.flame import FLAME, batch_rodrigues, orthographic_projection
 from infra.assets import resolve_asset
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "FastConsts",
     "FusedFastLoss",
     "GeometryLoss",
+    "build_geometry_loss",
 ]
 
 N_MORPHS = 17
@@ -733,3 +734,14 @@ def _real_side_polynomial(flame: nn.Module, basis_q: torch.Tensor, v0: torch.Ten
     residual_map = eigvecs[:, keep] * eigvals[keep].sqrt()                          # (555, r)
     return torch.cat((proj_map.T, lmk_map, residual_map), dim=1).contiguous()
 
+
+def build_geometry_loss(flame_model: Optional[str], landmark_embedding: Optional[str],
+                        basis: Optional[str], weights: LossWeights, impl: str,
+                        device: torch.device, trust_checkpoint: bool = False) -> GeometryLoss:
+    """FLAME (100 shape / 50 exp) + morph basis, found through ``resolve_asset`` (``None`` = the
+    asset cache), -> :class:`GeometryLoss` on ``device`` (``trust_checkpoint``: the opt-in to a
+    full unpickle of the FLAME files, only for files you created)."""
+    flame = FLAME(resolve_asset("flame_model", flame_model),
+                  resolve_asset("landmark_embedding", landmark_embedding), n_shape=100, n_exp=50,
+                  trust_checkpoint=trust_checkpoint)
+    return GeometryLoss(flame.to(device), load_basis(basis), weights, impl=impl).to(device)

@@ -314,7 +314,7 @@ def build_mapping(name: str, *, edtn_path: Union[str, os.PathLike, None] = None,
         return EdtnMapping(edtn_path, device, trust_checkpoint)
     if name == "basis_fit":
         return BasisFit(load_basis(basis_path), device)
-    from edtn.train_loop import build_geometry_loss  # FLAME + basis through the asset resolver
+    from edtn.losses import build_geometry_loss  # FLAME + basis through the asset resolver
 
     loss = build_geometry_loss(flame_path, landmark_embedding_path, basis_path, LossWeights(),
                                "fast", device, trust_checkpoint)

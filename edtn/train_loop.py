@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from infra.assets import resolve_asset
 from edtn.config import to_plain_dict, validate_config
 from edtn.data import CodeFrames, build_loader, open_split, real_targets_for
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from edtn.losses import LOSS_TERMS, GeometryLoss, LossWeights, project_landmarks
+from edtn.losses import LOSS_TERMS, GeometryLoss, LossWeights, build_geometry_loss, project_landmarks
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.checkpoint import load_torch_file
@@ -35,7 +35,7 @@ from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_st
                            resolve_run_dir, restore_rng_state, seed_everything, training_run,
                            unwrap_model)
 
-__all__ = ["run", "build_geometry_loss", "evaluate", "save_checkpoint",
+__all__ = ["run", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]
 
 log = logging.getLogger(__name__)
@@ -273,21 +273,6 @@ def _epoch_batches(loader, start: int):
     if hasattr(loader, "batches"):
         return enumerate(loader.batches(start), start)
     return ((i, batch) for i, batch in enumerate(loader) if i >= start)
-
-
-def build_geometry_loss(flame_model: Optional[str], landmark_embedding: Optional[str],
-                        basis: Optional[str], weights: LossWeights, impl: str,
-                        device: torch.device, trust_checkpoint: bool = False) -> GeometryLoss:
-    """FLAME (100 shape / 50 exp) + morph basis, found through ``resolve_asset`` (``None`` = the
-    asset cache), -> :class:`GeometryLoss` on ``device`` (``trust_checkpoint``: the opt-in to a
-    full unpickle of the FLAME files, only for files you created)."""
-    from deca_edit.flame import FLAME
-
-    flame = FLAME(resolve_asset("flame_model", flame_model),
-                  resolve_asset("landmark_embedding", landmark_embedding), n_shape=100, n_exp=50,
-                  trust_checkpoint=trust_checkpoint)
-    basis_array = np.load(resolve_asset("transform_matrix", basis))
-    return GeometryLoss(flame.to(device), basis_array, weights, impl=impl).to(device)
 
 
 @torch.no_grad()

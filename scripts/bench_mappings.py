@@ -80,7 +80,7 @@ def example_inputs(folder: Path, batch: int) -> torch.Tensor:
 
 
 def bench_mappings(args, device) -> list[dict]:
-    from edtn.train_loop import build_geometry_loss
+    from edtn.losses import build_geometry_loss
 
     flame, flame_source = resolve_asset_or_fallback("flame_model", args.flame_model, SYNTHETIC_MODEL)
     embedding, _ = resolve_asset_or_fallback("landmark_embedding", args.landmark_embedding, SHARED_EMBEDDING)

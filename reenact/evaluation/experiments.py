@@ -257,7 +257,7 @@ def run_table(kind: str, methods: Sequence[Method], settings: EvalSettings) -> d
     """Render, score and tabulate ``methods`` (see the module docstring). Returns
     ``{"rows", "paths", "render"}``."""
     from edtn.losses import LossWeights
-    from edtn.train_loop import build_geometry_loss
+    from edtn.losses import build_geometry_loss
     from infra.assets import resolve_asset
     from infra.runtime import resolve_device
 
