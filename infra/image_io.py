@@ -111,7 +111,7 @@ def read_image(path: str | os.PathLike, composite: str = "round") -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             if img.mode not in ("L", "RGB", "RGBA", "I;16"):
                 img = img.convert("RGBA" if ("A" in img.mode or "transparency" in img.info) else "RGB")
-            array = np.asarray(img)
+            array = np.array(img)  # a writable copy (asarray of a PIL image is read-only)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
         raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     return to_rgb(array, str(path), composite=composite)
