@@ -178,7 +178,7 @@ def generator_checkpoint(generator: torch.nn.Module, generator_ema: torch.nn.Mod
     """Our checkpoint dict ``{'format', 'generator', 'generator_ema', 'generator_config', **extra}``.
 
     Wrappers (DDP ``module``, ``torch.compile``) are unwrapped; no VGG weights are included.
-    Save it with ``infra.runtime.atomic_save``.
+    Save it with ``infra.files.atomic_save``.
     """
     generator = unwrap_model(generator)
     out = {"format": OUR_FORMAT, "generator": generator.state_dict(),

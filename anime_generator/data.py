@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 from infra.image_io import COMPOSITE_MODES, composite_rgba
 
 __all__ = [

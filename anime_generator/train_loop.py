@@ -33,9 +33,9 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from infra.distributed import DistInfo, cleanup_distributed, init_distributed
-from infra.runtime import (atomic_save, capture_rng_state, clean_stale_temps,
-                           load_resume_checkpoint, resolve_device, resolve_run_dir,
-                           restore_rng_state, seed_everything, training_run)
+from infra.files import atomic_save, clean_stale_temps
+from infra.run_dir import load_resume_checkpoint, resolve_run_dir, training_run
+from infra.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 
 from .checkpoint import OUR_FORMAT, checkpoint_filter_fn, generator_checkpoint, load_checkpoint_file
 from .config import GeneratorConfig

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 
 __all__ = [
     "CODE_SHAPES",

@@ -35,7 +35,8 @@ from deca_edit.codes import (CODE_SHAPES, COARSE_KEYS, DEFAULT_PACK_COLUMNS, wri
 from deca_edit.crop import CROP_SCALE, FaceBox, FaceDetector, crop_face, to_rgb_uint8
 from deca_edit.encoder import decompose
 from infra.image_io import read_image as _read_image
-from infra.runtime import atomic_path, resolve_device
+from infra.files import atomic_path
+from infra.runtime import resolve_device
 
 __all__ = [
     "VIDEO_SUFFIXES",

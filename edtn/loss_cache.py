@@ -15,7 +15,7 @@ over everything the values depend on: every FLAME buffer (model data and landmar
 loaded), the kinematic tree, the morph basis, the target layout, the FLAME dtype, and the bytes of
 the EDTN inputs (float32 (N, 53)). A matching file is reused; a change of the FLAME model, the
 basis or the data gives a new hash and a rebuild (older files of the same ``name`` are removed).
-The file is written through :func:`infra.runtime.atomic_path`, so a crash never leaves a file that
+The file is written through :func:`infra.files.atomic_path`, so a crash never leaves a file that
 looks complete. In multi-process training build it on one rank first, then let the others call
 this function (they find the file and only hash the data).
 """
@@ -32,7 +32,7 @@ import torch
 
 from deca_edit.codes import edtn_input_from_code156
 from edtn.losses import REAL_TARGET_DIM, GeometryLoss
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 
 __all__ = ["CACHE_FORMAT", "cache_key", "real_target_cache_path", "build_real_target_cache",
            "as_edtn_inputs"]

@@ -21,7 +21,8 @@ from torch import nn
 
 from deca_edit.codes import edtn_input_from_code156  # re-exported for convenience
 from infra.assets import resolve_asset
-from infra.runtime import atomic_save, unwrap_model
+from infra.files import atomic_save
+from infra.runtime import unwrap_model
 from infra.checkpoint import (UnsafeFileError, format_keys, load_torch_file, state_dict_problems,
                               strip_wrapper_prefixes)
 

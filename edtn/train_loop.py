@@ -30,10 +30,10 @@ from edtn.losses import LOSS_TERMS, GeometryLoss, LossWeights, build_geometry_lo
 from edtn.model import EDTN, checkpoint_filter_fn
 from edtn.optim import make_optimizer
 from infra.checkpoint import load_torch_file
-from infra.runtime import (USER_ERRORS, atomic_path, atomic_save, capture_rng_state,
-                           clean_stale_temps, load_resume_checkpoint, resolve_device,
-                           resolve_run_dir, restore_rng_state, seed_everything, training_run,
-                           unwrap_model)
+from infra.files import atomic_path, atomic_save, clean_stale_temps
+from infra.run_dir import load_resume_checkpoint, resolve_run_dir, training_run
+from infra.runtime import (USER_ERRORS, capture_rng_state, resolve_device, restore_rng_state,
+                           seed_everything, unwrap_model)
 
 __all__ = ["run", "evaluate", "save_checkpoint",
            "load_checkpoint", "landmark_morph_figure", "CHECKPOINT_FORMAT", "LOSS_TERMS"]

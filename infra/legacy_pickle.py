@@ -194,7 +194,7 @@ def dump_py2_pickle(value: Any) -> bytes:
 
 def write_py2_pickle(value: Any, path: str | os.PathLike) -> Path:
     """Write :func:`dump_py2_pickle` of ``value`` to ``path`` atomically; returns the path."""
-    from infra.runtime import atomic_path
+    from infra.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

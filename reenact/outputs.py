@@ -1,6 +1,6 @@
 """What a run writes: the animation (single frames or a grid) and the pose files.
 
-Every file is written atomically (:func:`infra.runtime.atomic_path`, :class:`reenact.video_io.FrameWriter`).
+Every file is written atomically (:func:`infra.files.atomic_path`, :class:`reenact.video_io.FrameWriter`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from infra.runtime import atomic_path, write_output_marker
+from infra.files import atomic_path, write_output_marker
 from reenact.pose import pose_table
 from reenact.render import compose_grid
 from reenact.video_io import output_kind

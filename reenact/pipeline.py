@@ -15,7 +15,7 @@ This module only orders them: everything that can fail on the user's input (opti
 assets, model files, the output's frame count) is checked before the first frame is encoded.
 
 Outputs never destroy inputs: an output that is an input (or inside one) is refused
-(:func:`infra.runtime.check_outputs_distinct`), an existing file this program did not write is only
+(:func:`infra.files.check_outputs_distinct`), an existing file this program did not write is only
 replaced with ``overwrite=true``, and while a run writes, each output's advisory lock is held, so a
 second run on the same output stops at once. Model files load with allow-lists only, unless
 ``trust_checkpoint=true``.
@@ -35,8 +35,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from infra.runtime import (check_input_path, check_outputs_distinct, check_replaceable, output_lock,
-                           write_output_marker)
+from infra.files import (check_input_path, check_outputs_distinct, check_replaceable, output_lock,
+                         write_output_marker)
 from infra.standin import warn_if_standin
 from reenact.config import InferConfig, Layout, RenderMode, pose_options, validate_infer_config
 from reenact.driving import CODE156_GLOBAL, DrivingCodes, driving_kind, hold_missing, read_code_input

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 from reenact.pose import MOUTH_SLICE, NUM_MORPHS, POSE_COLUMNS, POSE_DIM
 
 __all__ = ["PANELS", "pose_figure", "save_figure", "write_pose_plot", "missing_runs"]

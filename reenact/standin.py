@@ -43,7 +43,7 @@ import scipy.sparse
 import torch
 
 from infra.legacy_pickle import ChumpyArray, write_py2_pickle
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 from infra.standin import NOTE_FORMAT, STANDIN_KEY, STANDIN_NOTE, STANDIN_WARNING
 from infra.weight_fill import fill_module, fill_state_dict, sine_fill
 

@@ -22,8 +22,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from infra.image_io import IMAGE_EXTENSIONS, read_image, to_rgb
-from infra.runtime import (atomic_path, check_input_path, check_replaceable, make_temp, output_lock,
-                           owned_files, write_output_marker)
+from infra.files import (atomic_path, check_input_path, check_replaceable, make_temp, output_lock,
+                         owned_files, write_output_marker)
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -257,11 +257,11 @@ class FrameWriter:
     Safety (checked in the constructor, before any work):
 
     * an existing ``path`` is replaced only when this program wrote it (its ownership marker
-      ``.<name>.edtn-output.json`` matches, see :func:`infra.runtime.read_output_marker`) or
+      ``.<name>.edtn-output.json`` matches, see :func:`infra.files.read_output_marker`) or
       ``overwrite`` is set; otherwise ``ValueError``;
     * a folder output never deletes files it did not write: when the existing folder holds other
       files, the new frames are moved in beside them and only our previous frames are removed;
-    * while writing, the advisory lock of ``path`` is held (:func:`infra.runtime.output_lock`):
+    * while writing, the advisory lock of ``path`` is held (:func:`infra.files.output_lock`):
       a second writer of the same path fails at once naming this process.
 
     Results get the mode the umask gives (0644 files / 0755 folders under umask 022).

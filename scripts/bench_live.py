@@ -57,7 +57,7 @@ def _median(fn, items) -> float:
 
 
 def bench_size(size: int, assets: Path, gen_dir: Path, frames, args) -> dict:
-    from infra.runtime import atomic_save
+    from infra.files import atomic_save
     from reenact.driving import CODE156_GLOBAL
     from reenact.reenactor import Reenactor
     from reenact.standin import standin_generator_checkpoint

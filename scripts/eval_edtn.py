@@ -39,7 +39,8 @@ from edtn.data import CodeFrames, build_loader, open_split, real_targets_for  # 
 from edtn.losses import LossWeights  # noqa: E402
 from edtn.mappings import MAPPINGS, BasisFit, VertexFit  # noqa: E402
 from edtn.model import load_edtn  # noqa: E402
-from infra.runtime import atomic_path, exit_on_user_error, resolve_device  # noqa: E402
+from infra.files import atomic_path  # noqa: E402
+from infra.runtime import exit_on_user_error, resolve_device  # noqa: E402
 from edtn.losses import build_geometry_loss  # noqa: E402
 from edtn.train_loop import LOSS_TERMS, evaluate  # noqa: E402
 from reenact.evaluation.metrics import vertex_rmse_mm  # noqa: E402

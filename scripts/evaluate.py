@@ -30,7 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-from infra.runtime import atomic_path, exit_on_user_error
+from infra.files import atomic_path
+from infra.runtime import exit_on_user_error
 
 PROGRAM = "evaluate.py"
 

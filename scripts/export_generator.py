@@ -22,7 +22,8 @@ from anime_generator.checkpoint import (OUR_FORMAT, check_state_dict, checkpoint
                                         load_checkpoint_file)
 from anime_generator.config import GeneratorConfig  # noqa: E402
 from anime_generator.model import AnimeGenerator  # noqa: E402
-from infra.runtime import atomic_save, check_outputs_distinct, exit_on_user_error  # noqa: E402
+from infra.files import atomic_save, check_outputs_distinct  # noqa: E402
+from infra.runtime import exit_on_user_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from infra.assets import AssetError
-from infra.runtime import OWNER_SUFFIX
+from infra.files import OWNER_SUFFIX
 from reenact.driving import hold_missing
 from reenact.pipeline import ReenactmentPipeline, run
 from reenact.stages import load_source_image

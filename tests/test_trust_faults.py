@@ -23,7 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from deca_edit.codes import CodeFileError, PackedCodes, pack_code_tree, write_packed_codes
-from infra.runtime import atomic_save, checksum_path, checksum_problem, exit_on_user_error
+from infra.files import atomic_save, checksum_path, checksum_problem
+from infra.runtime import exit_on_user_error
 from reenact.video_io import open_driving, write_frames
 from helpers.hostile import SystemPayload
 
@@ -396,7 +397,8 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_half_written(tmp_path):
     target = tmp_path / "result.npy"
     code = textwrap.dedent("""
         import sys, time
-        from infra.runtime import atomic_path, exit_on_user_error
+        from infra.files import atomic_path
+        from infra.runtime import exit_on_user_error
 
         def work():
             with atomic_path(sys.argv[1]) as tmp:

@@ -6,7 +6,7 @@ import pytest
 
 from reenact import render
 from infra.image_io import read_image, to_rgb
-from infra.runtime import OWNER_SUFFIX
+from infra.files import OWNER_SUFFIX
 from reenact.video_io import (FrameWriter, gif_frame_ms, open_driving,
                            write_frames)
 

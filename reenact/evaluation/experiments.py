@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 from reenact.evaluation.metrics import (FEATURE_NAMES, FidScorer, anime_openness, check_image_sizes,
                                         detect_human_landmarks, geometry_errors, human_openness, kdr)
 from reenact.evaluation.protocol import (DEFAULT_REAL_PER_IDENTITY, IMAGE_SUFFIX, AnimeCelebTest, EvalPair,

@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 
 __all__ = [
     "PROTOCOL_COLUMNS",

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 from reenact.evaluation.protocol import EvalPair, VoxCodes, check_protocol, protocol_digest
 from reenact.pose import PoseOptions
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from infra.runtime import atomic_path
+from infra.files import atomic_path
 
 __all__ = [
     "Column",
