@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from reenact.config import GeneratorStyle, SmoothingMethod
@@ -125,6 +126,41 @@ def test_side_by_side_of_a_second_mapping(standin_kit, workdir, authors_dir, mon
     with pytest.raises(B.UserError, match="must differ"):
         backend.run_video(str(authors_dir / "example.mp4"), str(authors_dir / "basis.png"),
                           {"mapping": "edtn"}, compare="edtn")
+
+
+def test_video_tab_side_by_side_of_edtn_and_basis_fit(standin_kit, workdir, authors_dir, monkeypatch):
+    """The user's path: the Video tab with mapping edtn and a basis_fit comparison. The second run
+    gets the first run's DECA codes and really maps them with basis_fit (checked against
+    edtn.mappings directly); the side-by-side video has the animation's frame count."""
+    import imageio.v3 as iio
+
+    import reenact.pipeline as pipeline
+    from deca_edit.codes import edtn_input_from_code156
+    from edtn.mappings import build_mapping
+
+    monkeypatch.setenv("EDTN_HOME", str(standin_kit))
+    runs = []
+    real_run = pipeline.run
+
+    def spy(cfg, **kwargs):
+        result = real_run(cfg, **kwargs)
+        runs.append((cfg.mapping.value, result))
+        return result
+
+    monkeypatch.setattr(pipeline, "run", spy)
+    backend = B.DemoBackend(workdir, "cpu")
+    assert {"edtn", "basis_fit", "vertex_fit"} <= set(backend.mappings)
+    result = backend.run_video(str(authors_dir / "example.mp4"), str(authors_dir / "basis.png"),
+                               {"mapping": "edtn", "max_frames": 3}, compare="basis_fit")
+    assert [m for m, _ in runs] == ["edtn", "basis_fit"]
+    first, second = runs[0][1], runs[1][1]
+    codes = torch.from_numpy(edtn_input_from_code156(first.codes.code156))
+    expected = build_mapping("basis_fit", basis_path=standin_kit / "transform_matrix_08_30.npy")(codes)
+    np.testing.assert_allclose(second.morphs_raw, expected.numpy(), atol=1e-6)
+    assert np.abs(second.morphs_raw - first.morphs_raw).max() > 0.05   # another mapping, other morphs
+    frames = list(iio.imiter(result.side_by_side))
+    anime = iio.imread(result.anime, index=0)
+    assert len(frames) == result.frames == 3 and frames[0].shape[1] == 2 * anime.shape[1]
 
 
 # ----------------------------------------------------------------------------- work dir, CLI

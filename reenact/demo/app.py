@@ -24,7 +24,7 @@ CONTROL_ROWS = (("generator", "mapping", "angle_mode"), ("mouth_gain", "relative
                 ("smoothing.method", "smoothing.ema_alpha"), ("smoothing.min_cutoff", "smoothing.beta"),
                 ("fps", "max_frames"))
 CPU_NOTE = ("On CPU each frame takes about a second with 256² generators (face crop, DECA, generator), "
-            "so live mode shows about one frame per second; with CUDA it keeps up with a webcam.")
+            "so live mode shows one or two frames per second; webcam rate needs a CUDA GPU.")
 
 
 def _component(spec: ControlSpec, tab: str):

@@ -315,8 +315,8 @@ class DemoBackend:
         self.max_upload_bytes = int(max_upload_mb * MB)
         self.overrides = dict(overrides or {})
         self.mappings = field_choices(MAPPING_KEY)
-        self.device_note = ("CPU: about a second per frame with 256² generators; a CUDA GPU keeps up "
-                            "with a webcam" if self.device == "cpu" else f"device {self.device}")
+        self.device_note = ("CPU: about a second per frame with 256² generators; webcam rate needs a "
+                            "CUDA GPU" if self.device == "cpu" else f"device {self.device}")
         self._lock = threading.Lock()
         self._live_frames = 0
         self._video_runs = 0
