@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import pytest
 
-from reenact.config import GeneratorStyle, SmoothingMethod
+from reenact.config import GeneratorStyle, MappingName, SmoothingMethod
 from reenact.demo import backend as B
 from reenact.demo.cli import DEFAULT_HOST, DEFAULT_PORT, parse_args
 from reenact.demo.workdir import WorkDir
@@ -30,8 +30,8 @@ def test_controls_come_from_the_config_schema_and_yaml():
     defaults = B.default_values()
     assert defaults["smoothing.ema_alpha"] == 0.5 and defaults["mouth_gain"] == 1.0
     assert defaults["relative"] is False and defaults["generator"] == "default"
-    for spec in B.CONTROLS:                  # every control is a key of the schema (mapping: soon)
-        assert B.has_key(spec.key) or spec.key == B.MAPPING_KEY, spec.key
+    for spec in B.CONTROLS:                  # every control is a key of the schema
+        assert B.has_key(spec.key), spec.key
         if spec.kind in ("dropdown", "radio"):
             assert spec.default in spec.choices, spec.key
     assert {c.key for c in B.LIVE_CONTROLS} <= {c.key for c in B.CONTROLS}
@@ -50,19 +50,14 @@ class _SchemaWithMappings:
 
 def test_a_new_mapping_in_the_schema_appears_as_a_choice():
     assert B.field_choices("mapping", _SchemaWithMappings) == ("edtn", "basis_fit", "vertex_fit")
-    # before the schema has a 'mapping' key, the only mapping is EDTN
-    assert "edtn" in B.field_choices("mapping")
-    if not B.has_key("mapping"):
-        assert B.field_choices("mapping") == ("edtn",)
+    assert B.field_choices("mapping") == tuple(m.value for m in MappingName)
 
 
 def test_nest_drops_unknown_and_unset_values():
     nested = B._nest({"smoothing.method": "ema", "smoothing.beta": 0.5, "fps": 0, "max_frames": 0.0,
                       "mapping": "edtn", "mouth_gain": None, "relative": True})
-    expected = {"smoothing": {"method": "ema", "beta": 0.5}, "relative": True}
-    if B.has_key("mapping"):
-        expected["mapping"] = "edtn"
-    assert nested == expected
+    assert nested == {"smoothing": {"method": "ema", "beta": 0.5}, "relative": True, "mapping": "edtn"}
+    assert B._nest({"no_such_key": 1}) == {}
     assert B._nest({"max_frames": 7.0}) == {"max_frames": 7}
 
 

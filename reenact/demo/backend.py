@@ -46,8 +46,7 @@ CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "infer.yaml"
 NO_COMPARISON = "none"
 MB = 1 << 20
 FPS_WINDOW = 20               # live fps: over the last N frames
-MAPPING_KEY = "mapping"       # config key of the morph mapping, when the schema has one
-DEFAULT_MAPPING = "edtn"      # the only mapping before the schema names others
+MAPPING_KEY = "mapping"       # config key of the morph mapping
 NO_FACE_YET = "no face found yet: look into the camera"
 PLACEHOLDER = "<not used>"    # stands for input paths when only the options are validated
 
@@ -95,13 +94,8 @@ def _field_type(key: str, schema: type = InferConfig) -> Optional[type]:
 
 
 def field_choices(key: str, schema: type = InferConfig) -> tuple[str, ...]:
-    """The allowed values of an enum config key, in schema order (``()`` for other keys).
-
-    ``mapping`` before the schema has that key: ``("edtn",)``.
-    """
+    """The allowed values of an enum config key, in schema order (``()`` for other keys)."""
     kind = _field_type(key, schema)
-    if kind is None and key == MAPPING_KEY:
-        return (DEFAULT_MAPPING,)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return tuple(str(member.value) for member in kind)
     return ()
@@ -129,7 +123,6 @@ def default_values() -> dict[str, Any]:
                 out[f"{prefix}{key}"] = value
 
     walk(raw, "")
-    out.setdefault(MAPPING_KEY, DEFAULT_MAPPING)
     return out
 
 
@@ -156,7 +149,7 @@ LIVE_CONTROLS: tuple[ControlSpec, ...] = tuple(c for c in CONTROLS if c.key in L
 
 def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
     """``{'smoothing.method': 'ema'}`` → ``{'smoothing': {'method': 'ema'}}``; drops keys the
-    schema does not have (e.g. ``mapping`` before it exists) and empty / unset values (→ default)."""
+    schema does not have and empty / unset values (→ default)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if not has_key(key) or value is None or value == "" or (key in UNSET and value == UNSET[key]):
@@ -381,7 +374,7 @@ class DemoBackend:
                  "pose_plot": str(run_dir / "poses.png")}
         cfg = self.config(values, **paths)
         compare = None if compare in (None, "", NO_COMPARISON) else compare
-        mapping = str(dict(values).get(MAPPING_KEY) or DEFAULT_MAPPING)
+        mapping = cfg.mapping.value
         if compare is not None and compare == mapping:
             raise UserError(f"the side-by-side mapping must differ from the mapping ({mapping})")
 
@@ -424,9 +417,8 @@ class DemoBackend:
                              driving=str(prefix), source=cfg.source, out=str(run_dir / f"anime_{mapping}.mp4"),
                              fps=first.fps)
         result = run(second, callback=report)
-        first_mapping = str(dict(values).get(MAPPING_KEY) or DEFAULT_MAPPING)
         return side_by_side(first.out, result.out, run_dir / "side_by_side.mp4", first.fps,
-                            (first_mapping, mapping))
+                            (cfg.mapping.value, mapping))
 
     # ------------------------------------------------------------------ live tab
     def _stage(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -447,7 +439,7 @@ class DemoBackend:
         source_file = _check_upload(source, "anime source image", self.max_upload_bytes)
         cfg = self.config(values, source=str(source_file), driving=LIVE_DRIVING)
         options = pose_options(cfg, cfg.fps or LIVE_FPS)
-        key = (str(source_file), cfg.generator.value, str(dict(values).get(MAPPING_KEY)))
+        key = (str(source_file), cfg.generator.value, cfg.mapping.value)
         if state is not None and state.key == key:
             if state.reenactor.options != options:
                 state.reenactor.set_options(options)
