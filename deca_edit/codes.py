@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from infra.files import atomic_path
+from infra.files import atomic_path, atomic_save_npy
 
 __all__ = [
     "CODE_SHAPES",
@@ -504,9 +504,7 @@ def write_packed_codes(prefix: str | os.PathLike, videos: Iterable[tuple[str, Se
         row += n
     width = sum(_flat_dim(c) for c in columns)
     table = np.concatenate(blocks, axis=0) if blocks else np.zeros((0, width), PACK_DTYPE)
-    with atomic_path(npy_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, table)
+    atomic_save_npy(table, npy_path)
     _write_index(json_path, columns, index_videos, row, [])
     return npy_path.with_suffix("")
 

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+import numpy as np
 import torch
 
 from infra.assets import sha256_of
@@ -39,6 +40,7 @@ __all__ = [
     "checksum_path",
     "checksum_problem",
     "atomic_save",
+    "atomic_save_npy",
     "OutputBusyError",
     "OWNER_SUFFIX",
     "check_input_path",
@@ -287,6 +289,15 @@ def atomic_save(obj: Any, path: str | os.PathLike, checksum: bool = False) -> Pa
             with atomic_path(checksum_path(path)) as side:
                 side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def atomic_save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """``np.save`` of ``array`` to ``path`` atomically (the exact file name is kept: no ``.npy``
+    is appended to the temporary file)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+    return Path(path)
 
 
 # ============================================================================= outputs: inputs, ownership, locks

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from infra.files import atomic_path, write_output_marker
+from infra.files import atomic_path, atomic_save_npy, write_output_marker
 from reenact.pose import pose_table
 from reenact.render import compose_grid
 from reenact.video_io import output_kind
@@ -59,9 +59,7 @@ def write_pose_files(poses: torch.Tensor | np.ndarray, csv: Optional[Path], npy:
         write_output_marker(csv)   # ours: a later run may replace it without overwrite=true
     if npy is not None:
         array = poses.numpy() if isinstance(poses, torch.Tensor) else np.asarray(poses)
-        with atomic_path(npy) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array.astype(np.float32))
+        atomic_save_npy(array.astype(np.float32), npy)
         write_output_marker(npy)
 
 

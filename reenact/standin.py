@@ -43,7 +43,7 @@ import scipy.sparse
 import torch
 
 from infra.legacy_pickle import ChumpyArray, write_py2_pickle
-from infra.files import atomic_path
+from infra.files import atomic_path, atomic_save_npy
 from infra.standin import NOTE_FORMAT, STANDIN_KEY, STANDIN_NOTE, STANDIN_WARNING
 from infra.weight_fill import fill_module, fill_state_dict, sine_fill
 
@@ -321,12 +321,6 @@ def _torch_save(obj: Any, path: Path) -> None:
         Path(tmp).write_bytes(buffer.getvalue())
 
 
-def _np_save(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-
 def _copy(src: str | os.PathLike, path: Path) -> None:
     with atomic_path(path) as tmp:
         shutil.copyfile(src, tmp)
@@ -377,7 +371,7 @@ def make_standin_kit(out: str | os.PathLike, head_template: str | os.PathLike | 
             "edtn_weights": ((copy_of(edtn), False) if edtn else
                              (lambda path: _torch_save(standin_edtn_checkpoint(), path), True)),
             "transform_matrix": ((copy_of(transform_matrix), False) if transform_matrix else
-                                 (lambda path: _np_save(standin_transform_matrix(), path), True)),
+                                 (lambda path: atomic_save_npy(standin_transform_matrix(), path), True)),
             **{f"generator_{style}": (lambda path, s=style: _torch_save(
                 standin_generator_checkpoint(s, generator_size), path), True) for style in GENERATOR_STYLES},
             "vgg19": (lambda path: _torch_save(standin_vgg19(), path), True),

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from infra.files import atomic_path
+from infra.files import atomic_path, atomic_save_npy
 from reenact.evaluation.metrics import (FEATURE_NAMES, FidScorer, anime_openness, check_image_sizes,
                                         detect_human_landmarks, geometry_errors, human_openness, kdr)
 from reenact.evaluation.protocol import (DEFAULT_REAL_PER_IDENTITY, IMAGE_SUFFIX, AnimeCelebTest, EvalPair,
@@ -138,9 +138,7 @@ def human_features(pairs: Sequence[EvalPair], images_root: Path, cache_dir: Path
                 found = detect_human_landmarks(image, landmarker, detector)
                 if found is not None:
                     points[t] = found
-            with atomic_path(cache) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, points)
+            atomic_save_npy(points, cache)
         out[pair.pair] = human_openness(points)
     return out
 
@@ -164,9 +162,7 @@ def anime_features(pairs: Sequence[EvalPair], render_dir: Path, *, landmarker_pa
                 detector = AnimeLandmarkDetector(landmarker_path, device)
             images = [read_image(render_dir / pair.pair / f"{f}{IMAGE_SUFFIX}") for f in pair.frames]
             points, _ = detector(images)
-            with atomic_path(cache) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, points)
+            atomic_save_npy(points, cache)
         out[pair.pair] = anime_openness(points)
     return out
 

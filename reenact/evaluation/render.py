@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from infra.files import atomic_path
+from infra.files import atomic_path, atomic_save_npy
 from reenact.evaluation.protocol import EvalPair, VoxCodes, check_protocol, protocol_digest
 from reenact.pose import PoseOptions
 
@@ -154,9 +154,7 @@ def render_protocol(pairs: Sequence[EvalPair], codes: VoxCodes, anime_root: str 
             frames = renderer.render(poses[lo:lo + settings.batch_size])
             for name, frame in zip(pair.frames[lo:lo + settings.batch_size], frames):
                 _write_png(folder / f"{name}{FRAME_SUFFIX}", frame)
-        with atomic_path(folder / POSES_NAME) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, poses.numpy().astype(np.float32))
+        atomic_save_npy(poses.numpy().astype(np.float32), folder / POSES_NAME)
         report["rendered"] += 1
         report["frames"] += len(poses)
     report["seconds"] = time.perf_counter() - start
