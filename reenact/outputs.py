@@ -44,10 +44,10 @@ def check_plot_path(value: Optional[str], key: str) -> Optional[Path]:
     return check_pose_path(value, path.suffix.lower(), key)
 
 
-def check_frame_count(out: Optional[Path], frames: int) -> None:
+def check_frame_count(out: Optional[Path], frames: int, key: str = "out") -> None:
     """A single-image output (``.png``/``.jpg``) holds one frame: refuse more, before any work."""
     if out is not None and output_kind(out) == "image" and frames > 1:
-        raise ValueError(f"out={out} is a single image but the driving input has {frames} frames; "
+        raise ValueError(f"{key}={out} is a single image but the driving input has {frames} frames; "
                          "use .mp4 / .gif / a folder, or max_frames=1")
 
 

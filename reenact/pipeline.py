@@ -135,7 +135,7 @@ class ReenactmentPipeline:
             self._codes = read_code_input(self.driving, self.kind, cfg.driving_video, cfg.max_frames)
             count = len(self._codes.code156)
         check_frame_count(self.out, count)
-        check_frame_count(self.grid_out, count)
+        check_frame_count(self.grid_out, count, "grid_out")
         if self._codes is not None and self.show_mesh and self._codes.cam is None:
             raise ValueError(f"show_mesh needs the DECA camera, which {self.driving} does not hold")
 
