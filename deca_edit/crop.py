@@ -318,16 +318,15 @@ def load_fan_network(path=None, device: str | torch.device = "cpu",
         AssetError: the file is missing (nothing is downloaded). ValueError: not a 2D-FAN-4 file,
         or an unverified TorchScript file without ``trust_checkpoint``.
     """
-    from infra.assets import ASSETS, sha256_of
+    from infra.assets import sha256_mismatch
     from infra.checkpoint import TRUST_OPT_IN, format_keys, load_torch_file, state_dict_problems
 
     weights = resolve_asset("face_landmarker", path)
     if _is_torchscript(weights):
-        expected = ASSETS["face_landmarker"].sha256
-        digest = sha256_of(weights)
-        if not digest.startswith(expected) and not trust_checkpoint:
+        mismatch = None if trust_checkpoint else sha256_mismatch("face_landmarker", weights)
+        if mismatch:
             raise ValueError(f"{weights}: a TorchScript archive that is not face-alignment's released "
-                             f"2D-FAN-4 (sha256 {digest[:12]}... does not start with {expected}); "
+                             f"2D-FAN-4 ({mismatch}); "
                              "TorchScript runs the program stored in the file, so only the verified "
                              f"release loads by default. For a file you made yourself pass {TRUST_OPT_IN}.")
         with warnings.catch_warnings():  # torch 2.x marks jit.load deprecated; the release is TorchScript

@@ -35,6 +35,7 @@ __all__ = [
     "resolve_asset_or_fallback",
     "check_asset",
     "sha256_of",
+    "sha256_mismatch",
 ]
 
 ENV_HOME = "EDTN_HOME"
@@ -383,6 +384,16 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_mismatch(name: str, path: str | os.PathLike) -> Optional[str]:
+    """``None`` when the file's sha256 starts with the asset's published digest (or none is
+    published), else a one-line reason (``sha256 1a2b3c4d5e6f... does not start with 11f355bf06``)."""
+    expected = _spec(name).sha256
+    if not expected:
+        return None
+    digest = sha256_of(Path(path))
+    return None if digest.startswith(expected) else f"sha256 {digest[:12]}... does not start with {expected}"
+
+
 def check_asset(name: str, path: str | os.PathLike | None = None) -> AssetStatus:
     """Locate asset ``name`` and run its content check; never raises for a missing/bad file."""
     spec = _spec(name)
@@ -396,10 +407,9 @@ def check_asset(name: str, path: str | os.PathLike | None = None) -> AssetStatus
                          standin=is_standin_file(found, sha256_of))
     try:
         status.detail = spec.check(found) if spec.check else "present"
-        if spec.sha256 and not status.standin:
-            digest = sha256_of(found)
-            if not digest.startswith(spec.sha256):
-                raise ValueError(f"sha256 {digest[:12]}... does not start with {spec.sha256}")
+        mismatch = None if status.standin else sha256_mismatch(name, found)
+        if mismatch:
+            raise ValueError(mismatch)
         status.ok = True
     except (Exception, pickle.UnpicklingError) as exc:  # noqa: BLE001
         status.detail = f"INVALID: {exc}"
